@@ -1,0 +1,335 @@
+"""PyTorch TinyLLaVA model, laid out like transformers' `models/llava`.
+
+`TinyLlavaModel` holds the towers, the connectors and the LM backbone (`language_model`, a base model without head);
+`TinyLlavaForConditionalGeneration` adds `lm_head` and generation. Tower features are scattered into the input
+embeddings at placeholder tokens, so the sequence length never changes inside the model: the processor expands each
+`<image>` / `<audio>` into exactly `config.num_image_tokens` / `config.num_audio_tokens` placeholders.
+
+Shipped as remote code: imports only torch, transformers and flat siblings.
+"""
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .configuration_tinyllava import AUTO_MAP, TinyLlavaConfig
+from .connectors_tinyllava import build_connector, init_connector_parameters
+
+# Flat files that make a saved folder loadable with `trust_remote_code=True` and no tinyllava_hf installed.
+REMOTE_CODE_FILES = (
+    "configuration_tinyllava.py",
+    "connectors_tinyllava.py",
+    "modeling_tinyllava.py",
+    "processing_tinyllava.py",
+)
+# Causal LMs whose output projection has a bias (Phi-2); every other supported family has none.
+LM_HEAD_WITH_BIAS = ("phi",)
+
+
+@dataclass
+class TinyLlavaModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_tokens, hidden_size)`, *optional*):
+        Connector outputs that replaced the image placeholders.
+    audio_hidden_states (`torch.FloatTensor` of shape `(num_audios, num_audio_tokens, hidden_size)`, *optional*):
+        Audio connector outputs that replaced the audio placeholders.
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class TinyLlavaCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): next-token cross-entropy, when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): LM head scores.
+    past_key_values (`Cache`, *optional*): the KV cache for fast decoding.
+    image_hidden_states / audio_hidden_states: see `TinyLlavaModelOutputWithPast`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor] | None = None
+    attentions: tuple[torch.FloatTensor] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+class TinyLlavaPreTrainedModel(PreTrainedModel):
+    config: TinyLlavaConfig
+    config_class = TinyLlavaConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        init_connector_parameters(module, self.config.initializer_range, init)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights and config plus the flat remote-code files, with an `auto_map` for every Auto class."""
+        self.config.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            source = Path(__file__).parent
+            for name in REMOTE_CODE_FILES:
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, Path(save_directory) / name)
+
+
+class TinyLlavaModel(TinyLlavaPreTrainedModel):
+    """Vision tower (+ optional auxiliary vision tower and audio tower), connectors and the LM backbone."""
+
+    def __init__(self, config: TinyLlavaConfig):
+        super().__init__(config)
+        text_width = config.text_config.hidden_size
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        # MoF reads a second tower (DINOv2) on the same pixels; every other connector has a single tower.
+        self.vision_tower_aux = (
+            AutoModel.from_config(config.vision_aux_config) if config.vision_aux_config is not None else None
+        )
+        vision_width = config.vision_config.hidden_size * len(config.vision_feature_layers)
+        self.connector = build_connector(config.connector_type, config, vision_width, text_width)
+        if config.audio_config is not None:
+            self.audio_tower = WhisperEncoder(config.audio_config)
+            audio_width = config.audio_config.d_model * config.audio_downsample_factor
+            self.audio_connector = build_connector(config.audio_connector_type, config, audio_width, text_width)
+        else:
+            self.audio_tower = None
+            self.audio_connector = None
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def _select_vision_features(self, tower: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Hidden states of the configured layer(s), concatenated on the channel axis, after the token strategy."""
+        outputs = tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+        selected = [outputs.hidden_states[layer] for layer in self.config.vision_feature_layers]
+        if self.config.vision_feature_select_strategy == "default":
+            # Drops CLIP's/DINOv2's class token; for SigLIP this drops a real patch, as upstream TinyLLaVA does.
+            selected = [hidden[:, 1:] for hidden in selected]
+        return torch.cat(selected, dim=-1)
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
+        """Encode images into LM-space tokens.
+
+        Args:
+            pixel_values: `(num_images, channels, height, width)`.
+        Returns:
+            `(num_images, config.num_image_tokens, text_hidden_size)`.
+        """
+        pixel_values = pixel_values.to(self.vision_tower.dtype)
+        features = self._select_vision_features(self.vision_tower, pixel_values)
+        if self.vision_tower_aux is not None:
+            aux_features = self._select_vision_features(self.vision_tower_aux, pixel_values)
+            return self.connector((features, aux_features))
+        return self.connector(features)
+
+    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
+        """Encode log-mel spectrograms into LM-space tokens.
+
+        Args:
+            input_features: `(num_audios, num_mel_bins, 2 * max_source_positions)`, Whisper's log-mel features.
+        Returns:
+            `(num_audios, config.num_audio_tokens, text_hidden_size)`.
+        """
+        if self.audio_tower is None:
+            raise ValueError("This model has no audio tower (config.audio_config is None) but audio input was given.")
+        hidden = self.audio_tower(input_features.to(self.audio_tower.dtype), return_dict=True).last_hidden_state
+        # Stack k consecutive frames into one token: k times fewer placeholders, no information dropped.
+        batch, frames, width = hidden.shape
+        factor = self.config.audio_downsample_factor
+        hidden = hidden.reshape(batch, frames // factor, factor * width)
+        return self.audio_connector(hidden)
+
+    def _scatter_features(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        features: torch.FloatTensor,
+        token_id: int | None,
+        modality: str,
+    ) -> torch.FloatTensor:
+        """Write `features` into the rows of `inputs_embeds` that hold the modality's placeholder token."""
+        if token_id is None:
+            raise ValueError(f"{modality} input was given but config.{modality}_token_id is not set.")
+        if input_ids is not None:
+            mask = input_ids == token_id
+        else:
+            placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+            mask = (inputs_embeds == placeholder).all(-1)
+        num_tokens, num_features = int(mask.sum()), features.shape[0] * features.shape[1]
+        if num_tokens != num_features:
+            # TRL recognises this sentence and adds a hint about `max_length` truncating placeholders.
+            label = "Image" if modality == "image" else "Audio"
+            raise ValueError(
+                f"{label} features and {modality} tokens do not match: the input holds {num_tokens} <{modality}> "
+                f"placeholder tokens, but {features.shape[0]} {modality}(s) give {num_features} feature vectors "
+                f"({features.shape[1]} per {modality}). The processor must expand each <{modality}> into exactly "
+                f"{features.shape[1]} placeholders."
+            )
+        features = features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1).to(inputs_embeds.device), features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> TinyLlavaModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = audio_features = None
+        if pixel_values is not None and pixel_values.shape[0] > 0:
+            image_features = self.get_image_features(pixel_values)
+            inputs_embeds = self._scatter_features(
+                input_ids, inputs_embeds, image_features, self.config.image_token_id, "image"
+            )
+        if input_features is not None and input_features.shape[0] > 0:
+            audio_features = self.get_audio_features(input_features)
+            inputs_embeds = self._scatter_features(
+                input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio"
+            )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            return_dict=True,
+            **kwargs,
+        )
+        return TinyLlavaModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            audio_hidden_states=audio_features,
+        )
+
+
+class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixin):
+    """TinyLLaVA with a language-modelling head: `AutoModelForImageTextToText` (and `AutoModelForCausalLM`)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: TinyLlavaConfig):
+        super().__init__(config)
+        self.model = TinyLlavaModel(config)
+        text_config = config.text_config
+        self.lm_head = nn.Linear(
+            text_config.hidden_size, text_config.vocab_size, bias=text_config.model_type in LM_HEAD_WITH_BIAS
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.lm_head = new_embeddings
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
+        return self.model.get_audio_features(input_features, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> TinyLlavaCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Next-token targets; `-100` is ignored. Placeholder positions are always ignored, whatever they hold.
+        logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last N positions (0 = all).
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            input_features=input_features,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        softcap = getattr(self.config.text_config, "final_logit_softcapping", None)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+
+        loss = None
+        if labels is not None:
+            if input_ids is not None:
+                # A placeholder is never a target: its embedding is a tower feature, not the token.
+                token_ids = (self.config.image_token_id, self.config.audio_token_id)
+                placeholder_ids = [token_id for token_id in token_ids if token_id is not None]
+                is_placeholder = torch.isin(input_ids, torch.tensor(placeholder_ids, device=input_ids.device))
+                labels = labels.masked_fill(is_placeholder, -100)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+
+        return TinyLlavaCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            audio_hidden_states=outputs.audio_hidden_states,
+        )
+
+
+__all__ = ["TinyLlavaForConditionalGeneration", "TinyLlavaModel", "TinyLlavaPreTrainedModel"]
