@@ -221,6 +221,7 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
                 input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio"
             )
 
+        kwargs.pop("return_dict", None)  # the backbone is always asked for an output object
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -291,6 +292,7 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
             Next-token targets; `-100` is ignored. Placeholder positions are always ignored, whatever they hold.
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last N positions (0 = all).
         """
+        kwargs.pop("return_dict", None)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,

@@ -1,0 +1,163 @@
+"""TinyLLaVA processors: image processor + tokenizer (+ Whisper feature extractor for audio models).
+
+Each `<image>` / `<audio>` in the text is expanded into exactly as many placeholder tokens as the model fills, a
+number stored in `processor_config.json` when the processor is built from the model config (never guessed here).
+
+Shipped as remote code: imports only transformers/PIL/numpy and nothing from `tinyllava_hf`.
+"""
+
+from PIL import Image
+from transformers import ProcessorMixin
+from transformers.image_utils import make_flat_list_of_images, to_numpy_array
+
+IMAGE_ASPECT_RATIOS = ("square", "pad")
+
+
+def expand_to_square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
+    """Paste `image` centred on a square canvas of its longer side, filled with `background` (LLaVA-1.5's pad mode)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def placeholder_token_id(tokenizer, token: str) -> int:
+    """Id of a placeholder token, which must exist as a single (special) token of the tokenizer."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"The tokenizer has no {token!r} token; add it as a special token first.")
+    return token_id
+
+
+class TinyLlavaProcessor(ProcessorMixin):
+    r"""
+    Processor for vision-language TinyLLaVA checkpoints.
+
+    Args:
+        image_processor: the vision tower's own image processor (CLIP, SigLIP or DINOv2).
+        tokenizer: the LM's tokenizer, holding `<image>` as a special token.
+        chat_template (`str`, *optional*): the default Jinja chat template.
+        num_image_tokens (`int`): placeholders per image (`TinyLlavaConfig.num_image_tokens`).
+        image_aspect_ratio (`str`): `square` (the processor's own resize/crop) or `pad` (pad to a square of the mean
+            colour first, as LLaVA-1.5 and upstream TinyLLaVA's `pad` mode do).
+        image_token (`str`): the placeholder string in prompts.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template: str | None = None,
+        num_image_tokens: int = 1,
+        image_aspect_ratio: str = "square",
+        image_token: str = "<image>",
+        **kwargs,
+    ):
+        self._set_image_settings(tokenizer, num_image_tokens, image_aspect_ratio, image_token)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    def _set_image_settings(self, tokenizer, num_image_tokens: int, image_aspect_ratio: str, image_token: str):
+        if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(f"image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, got {image_aspect_ratio!r}")
+        self.num_image_tokens = num_image_tokens
+        self.image_aspect_ratio = image_aspect_ratio
+        self.image_token = image_token
+        self.image_token_id = placeholder_token_id(tokenizer, image_token)
+
+    def _pad_background(self) -> tuple[int, int, int]:
+        # Upstream truncates (int()) rather than rounds the mean colour: (122, 116, 104) for CLIP.
+        return tuple(int(mean * 255) for mean in self.image_processor.image_mean)
+
+    def _process_images(self, images, **kwargs):
+        if self.image_aspect_ratio == "pad":
+            background = self._pad_background()
+            images = [
+                expand_to_square(
+                    image if isinstance(image, Image.Image) else Image.fromarray(to_numpy_array(image)), background
+                )
+                for image in make_flat_list_of_images(images)
+            ]
+        return super()._process_images(images, **kwargs)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.num_image_tokens
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved processor; a folder saved by the audio variant loads as `TinyLlavaAudioProcessor`.
+
+        `AutoProcessor` resolves the config class to one processor class, so the choice between the vision-only and
+        the audio processor is made here, from `processor_class` in `processor_config.json`.
+        """
+        if cls is TinyLlavaProcessor:
+            processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+            if processor_dict.get("processor_class") == TinyLlavaAudioProcessor.__name__:
+                return TinyLlavaAudioProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        names = list(self.tokenizer.model_input_names) + list(self.image_processor.model_input_names)
+        return list(dict.fromkeys(names))
+
+
+class TinyLlavaAudioProcessor(TinyLlavaProcessor):
+    r"""
+    Processor for TinyLLaVA checkpoints with an audio tower: adds a Whisper feature extractor and `<audio>`.
+
+    Args:
+        feature_extractor: a `WhisperFeatureExtractor` (30 s windows of log-mel features).
+        num_audio_tokens (`int`): placeholders per audio clip (`TinyLlavaConfig.num_audio_tokens`).
+        audio_token (`str`): the audio placeholder string in prompts.
+        Other arguments as `TinyLlavaProcessor`.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        feature_extractor=None,
+        tokenizer=None,
+        chat_template: str | None = None,
+        num_image_tokens: int = 1,
+        image_aspect_ratio: str = "square",
+        image_token: str = "<image>",
+        num_audio_tokens: int = 1,
+        audio_token: str = "<audio>",
+        **kwargs,
+    ):
+        self._set_image_settings(tokenizer, num_image_tokens, image_aspect_ratio, image_token)
+        self.num_audio_tokens = num_audio_tokens
+        self.audio_token = audio_token
+        self.audio_token_id = placeholder_token_id(tokenizer, audio_token)
+        # ProcessorMixin takes every sub-processor in one call, so skip TinyLlavaProcessor.__init__ (two of them).
+        ProcessorMixin.__init__(
+            self, image_processor, feature_extractor, tokenizer, chat_template=chat_template, **kwargs
+        )
+
+    def _process_audio(self, audio, **kwargs):
+        # Whisper's encoder expects full 30 s windows; the feature extractor pads to them by default. Keep the
+        # attention mask out: the encoder attends to the whole window, as Whisper itself does.
+        kwargs.setdefault("return_attention_mask", False)
+        kwargs.pop("padding", None)
+        kwargs.pop("truncation", None)
+        kwargs.pop("max_length", None)
+        return super()._process_audio(audio, **kwargs)
+
+    def replace_audio_token(self, audio_inputs: dict, audio_idx: int, **kwargs) -> str:
+        return self.audio_token * self.num_audio_tokens
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return list(dict.fromkeys(super().model_input_names + ["input_features"]))
+
+
+__all__ = ["TinyLlavaAudioProcessor", "TinyLlavaProcessor"]
