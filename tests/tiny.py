@@ -73,7 +73,9 @@ CONNECTOR_SETTINGS = {
     "linear": {},
     "mlp2x_gelu": {},
     "mlp3x_gelu": {},
-    "qformer": dict(connector_num_queries=4, connector_num_heads=4, qformer_hidden_size=16, qformer_intermediate_size=24),
+    "qformer": dict(
+        connector_num_queries=4, connector_num_heads=4, qformer_hidden_size=16, qformer_intermediate_size=24
+    ),
     "resampler": dict(connector_num_queries=4, connector_num_heads=2, connector_head_dim=8),
 }
 
