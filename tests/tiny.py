@@ -3,14 +3,23 @@
 Nothing here touches the network: every model is built from its config, every tokenizer from a few lines of text.
 """
 
+import copy
 from functools import cache
 
 import numpy as np
+import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast, SiglipImageProcessorPil
+from transformers import (
+    CLIPImageProcessorPil,
+    PreTrainedTokenizerFast,
+    SiglipImageProcessorPil,
+    WhisperFeatureExtractor,
+)
 
 from tinyllava_hf import TinyLlavaConfig
+from tinyllava_hf.builder import build_processor
+from tinyllava_hf.chat_templates import get_chat_template
 
 VOCAB_SIZE = 384  # LM vocab: a little above the tokenizer's size, as real checkpoints often pad it
 IMAGE_SIZE = 16
@@ -120,8 +129,13 @@ def audio_config() -> dict:
         decoder_attention_heads=4,
         decoder_ffn_dim=2 * HIDDEN,
         num_mel_bins=80,
-        max_source_positions=16,
+        max_source_positions=50,  # 1 s of 16 kHz audio: 100 mel frames -> 50 encoder frames
         vocab_size=64,
+        # Special ids inside the tiny vocabulary (the Whisper defaults point past it); only the encoder is used.
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
     )
 
 
@@ -147,6 +161,33 @@ def tiny_config(
     return TinyLlavaConfig(**kwargs)
 
 
+def tiny_feature_extractor():
+    """Whisper features for 1 s windows, matching `audio_config()`'s 50 encoder frames."""
+    return WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, hop_length=160, chunk_length=1)
+
+
+def scramble(model, seed: int = 0, std: float = 0.5):
+    """Overwrite every floating parameter with N(0, std): random-init logits are too flat for greedy-decoding
+    comparisons to mean anything (every prompt would produce the same tokens)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point():
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model
+
+
+def tiny_processor(config: TinyLlavaConfig, tower: str = "siglip", template: str = "llama"):
+    """A processor for `config` (updates its placeholder ids), with an upstream chat template as default."""
+    return build_processor(
+        config,
+        copy.deepcopy(tiny_tokenizer()),
+        tiny_image_processor(tower),
+        feature_extractor=tiny_feature_extractor() if config.audio_config is not None else None,
+        chat_template=get_chat_template(template),
+    )
+
+
 def tiny_image_processor(tower: str = "siglip"):
     size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     if tower == "siglip":
@@ -157,3 +198,12 @@ def tiny_image_processor(tower: str = "siglip"):
 def random_image(seed: int, size: tuple[int, int] = (24, 20)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def random_audio(seed: int, seconds: float = 0.6) -> np.ndarray:
+    """A deterministic 16 kHz waveform (a chirp plus noise)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.5 * np.sin(2 * np.pi * (200 + 300 * seed) * t * (1 + t)) + 0.05 * rng.standard_normal(t.size)).astype(
+        np.float32
+    )

@@ -87,16 +87,22 @@ class TinyLlavaProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved processor; a folder saved by the audio variant loads as `TinyLlavaAudioProcessor`.
+        """Load a saved processor; a folder that declares `num_audio_tokens` loads as `TinyLlavaAudioProcessor`.
 
-        `AutoProcessor` resolves the config class to one processor class, so the choice between the vision-only and
-        the audio processor is made here, from `processor_class` in `processor_config.json`.
+        `AutoProcessor` maps the config class to one processor class and finds classes by the saved
+        `processor_class` name only among registered ones, so both variants save `TinyLlavaProcessor` there and the
+        variant is chosen here.
         """
         if cls is TinyLlavaProcessor:
             processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
-            if processor_dict.get("processor_class") == TinyLlavaAudioProcessor.__name__:
+            if "num_audio_tokens" in processor_dict:
                 return TinyLlavaAudioProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output["processor_class"] = TinyLlavaProcessor.__name__  # see from_pretrained
+        return output
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
