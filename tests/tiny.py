@@ -19,7 +19,6 @@ from transformers import (
 
 from tinyllava_hf import TinyLlavaConfig
 from tinyllava_hf.builder import build_processor
-from tinyllava_hf.chat_templates import get_chat_template
 
 VOCAB_SIZE = 384  # LM vocab: a little above the tokenizer's size, as real checkpoints often pad it
 IMAGE_SIZE = 16
@@ -40,8 +39,8 @@ _CORPUS = [
 
 
 @cache
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (llama-like specials) with `<image>` and `<audio>` special tokens."""
+def _trained_backend() -> str:
+    """The trained byte-level BPE (llama-like specials), serialised so every caller gets a fresh copy."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -55,12 +54,27 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
     )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    return tokenizer.to_str()
+
+
+def tiny_base_tokenizer() -> PreTrainedTokenizerFast:
+    """A fresh tokenizer as an LM would ship it: no `<image>` / `<audio>` tokens yet."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_trained_backend()),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
     )
-    fast.add_special_tokens({"additional_special_tokens": ["<image>", "<audio>"]})
-    assert len(fast) <= VOCAB_SIZE
-    return fast
+
+
+@cache
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """The shared tiny tokenizer with `<image>` and `<audio>` special tokens (copy it before changing it)."""
+    tokenizer = tiny_base_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<audio>"]})
+    assert len(tokenizer) <= VOCAB_SIZE
+    return tokenizer
 
 
 TEXT_CONFIGS = {
@@ -184,7 +198,7 @@ def tiny_processor(config: TinyLlavaConfig, tower: str = "siglip", template: str
         copy.deepcopy(tiny_tokenizer()),
         tiny_image_processor(tower),
         feature_extractor=tiny_feature_extractor() if config.audio_config is not None else None,
-        chat_template=get_chat_template(template),
+        template=template,
     )
 
 

@@ -3,6 +3,7 @@ for audio models, a Whisper feature extractor."""
 
 from transformers import PreTrainedTokenizerBase
 
+from .chat_templates import get_chat_template, list_chat_templates
 from .configuration_tinyllava import TinyLlavaConfig
 from .processing_tinyllava import TinyLlavaAudioProcessor, TinyLlavaProcessor
 
@@ -22,15 +23,39 @@ def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase, audio: bool = Fal
     return {token: tokenizer.convert_tokens_to_ids(token) for token in wanted}
 
 
+# Name under which the LM's own chat template (from its tokenizer), when it has one, is kept beside ours.
+LM_TEMPLATE_NAME = "lm"
+
+
+def processor_chat_templates(default: str, lm_chat_template: str | None = None) -> dict[str, str]:
+    """Every upstream TinyLLaVA template by name, `default` selected, plus the LM's own template as `lm`.
+
+    Saved with the processor as `chat_template.jinja` (the default) and `additional_chat_templates/<name>.jinja`, so
+    `processor.apply_chat_template(messages, chat_template="phi")` selects one by name.
+    """
+    templates = {"default": get_chat_template(default)}
+    templates.update({name: get_chat_template(name) for name in list_chat_templates()})
+    if lm_chat_template:
+        templates[LM_TEMPLATE_NAME] = lm_chat_template
+    return templates
+
+
 def build_processor(
     config: TinyLlavaConfig,
     tokenizer: PreTrainedTokenizerBase,
     image_processor,
     feature_extractor=None,
-    chat_template: str | None = None,
+    template: str = "llama",
+    chat_template: str | dict[str, str] | None = None,
     image_aspect_ratio: str = "square",
 ) -> TinyLlavaProcessor:
-    """A processor whose placeholder counts come from `config`, and whose token ids `config` is updated to match."""
+    """A processor whose placeholder counts come from `config`, and whose token ids `config` is updated to match.
+
+    `template` names the default upstream chat template; all others (and the LM's own) stay selectable by name.
+    `chat_template` overrides the whole set with the given template(s).
+    """
+    if chat_template is None:
+        chat_template = processor_chat_templates(template, getattr(tokenizer, "chat_template", None))
     ids = add_placeholder_tokens(tokenizer, audio=config.audio_config is not None)
     config.image_token_id = ids[IMAGE_TOKEN]
     common = dict(
