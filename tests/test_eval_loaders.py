@@ -210,8 +210,18 @@ def test_load_pope_with_llava_question_file(tmp_path: Path) -> None:
     questions = write_jsonl(
         tmp_path / "llava_pope_test.jsonl",
         [
-            {"question_id": 1, "image": "a.jpg", "text": "Is there a dog in the image?" + suffix, "category": "adversarial"},
-            {"question_id": 2, "image": "a.jpg", "text": "Is there a cat in the image?" + suffix, "category": "adversarial"},
+            {
+                "question_id": 1,
+                "image": "a.jpg",
+                "text": "Is there a dog in the image?" + suffix,
+                "category": "adversarial",
+            },
+            {
+                "question_id": 2,
+                "image": "a.jpg",
+                "text": "Is there a cat in the image?" + suffix,
+                "category": "adversarial",
+            },
             {"question_id": 10000001, "image": "b.jpg", "text": "Is there a car?" + suffix, "category": "random"},
         ],
     )
@@ -290,7 +300,13 @@ def test_load_mme_bad_line(tmp_path: Path) -> None:
 def test_load_mme_jsonl_ground_truth(tmp_path: Path) -> None:
     path = write_jsonl(
         tmp_path / "mme_gt.jsonl",
-        [{"question_id": "count/000.png", "question": "Are there two dogs? Please answer yes or no.", "answer": "Yes"}],
+        [
+            {
+                "question_id": "count/000.png",
+                "question": "Are there two dogs? Please answer yes or no.",
+                "answer": "Yes",
+            }
+        ],
     )
     annotations = load_mme_annotations(path)
     (record,) = annotations.values()
