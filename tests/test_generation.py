@@ -75,7 +75,8 @@ def test_streamer_yields_the_generated_text(model_and_processor):
     inputs = processor.apply_chat_template(
         CONVERSATIONS[0], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
-    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    # A timeout, so that a failing generate thread fails the test instead of blocking the iterator forever.
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
     settings = dict(**inputs, **GREEDY, streamer=streamer, pad_token_id=processor.tokenizer.pad_token_id)
     thread = Thread(target=model.generate, kwargs=settings)
     thread.start()

@@ -8,6 +8,7 @@ embeddings at placeholder tokens, so the sequence length never changes inside th
 Shipped as remote code: imports only torch, transformers and flat siblings.
 """
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .configuration_tinyllava import AUTO_MAP, TinyLlavaConfig
@@ -34,6 +34,8 @@ REMOTE_CODE_FILES = (
 LM_HEAD_WITH_BIAS = ("phi",)
 
 
+# The output classes extend transformers' own, so the name of the cache field follows the installed version
+# (`past_key_values` up to 5.23, `cache` from 5.24): outputs are filled from the LM's own output fields.
 @dataclass
 class TinyLlavaModelOutputWithPast(BaseModelOutputWithPast):
     r"""
@@ -48,21 +50,21 @@ class TinyLlavaModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class TinyLlavaCausalLMOutputWithPast(ModelOutput):
+class TinyLlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*): next-token cross-entropy, when `labels` are given.
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): LM head scores.
-    past_key_values (`Cache`, *optional*): the KV cache for fast decoding.
     image_hidden_states / audio_hidden_states: see `TinyLlavaModelOutputWithPast`.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor] | None = None
-    attentions: tuple[torch.FloatTensor] | None = None
     image_hidden_states: torch.FloatTensor | None = None
     audio_hidden_states: torch.FloatTensor | None = None
+
+
+def _fields_of(output_class: type, values: dict) -> dict:
+    """The entries of `values` that `output_class` declares (drops model-specific extras such as router logits)."""
+    names = {field.name for field in dataclasses.fields(output_class)}
+    return {key: value for key, value in values.items() if key in names}
 
 
 class TinyLlavaPreTrainedModel(PreTrainedModel):
@@ -199,11 +201,18 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         input_features: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> TinyLlavaModelOutputWithPast:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`, *optional*):
+            One entry per `<image>` in the batch (rows without images contribute none).
+        input_features (`torch.FloatTensor` of shape `(num_audios, num_mel_bins, frames)`, *optional*):
+            Whisper log-mel features, one entry per `<audio>` in the batch.
+        kwargs: passed to the LM backbone, including its KV cache (`past_key_values`, or `cache` from transformers
+            5.24 on), so the cache argument follows the installed transformers version.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -225,17 +234,13 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             return_dict=True,
             **kwargs,
         )
         return TinyLlavaModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            **_fields_of(TinyLlavaModelOutputWithPast, outputs),
             image_hidden_states=image_features,
             audio_hidden_states=audio_features,
         )
@@ -280,7 +285,6 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
         input_features: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -299,7 +303,6 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
             input_features=input_features,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -323,14 +326,9 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
 
+        passthrough = {key: value for key, value in outputs.items() if key not in ("loss", "logits")}
         return TinyLlavaCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
-            audio_hidden_states=outputs.audio_hidden_states,
+            loss=loss, logits=logits, **_fields_of(TinyLlavaCausalLMOutputWithPast, passthrough)
         )
 
 
