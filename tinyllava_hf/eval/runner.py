@@ -1,0 +1,484 @@
+"""Batched, resumable benchmark inference: question file in, LLaVA-style answer file (PRED.jsonl) out.
+
+Each line of the answer file is ``{"question_id", "prompt", "text", "model_id", "metadata"}`` like the answer files of
+LLaVA's ``model_vqa_loader.py`` (minus the random ``answer_id``, so reruns are byte-identical). Generation is greedy
+with left padding, so a batch gives the same answers as one question at a time.
+
+A run can be interrupted at any point: every finished batch is appended, flushed and fsynced, so a killed run loses
+at most the batch in flight. Rerunning the same command skips the questions already answered; a half-written last
+line (the process died mid-write) is dropped with a warning. When every selected question is answered, the file is
+rewritten (atomically) in question-file order, so an interrupted-and-resumed run ends with the same file as an
+uninterrupted one.
+
+Typical use::
+
+    from tinyllava_hf.eval.runner import run_eval
+
+    run_eval(model, processor, "gqa", "gqa/llava_gqa_testdev_balanced.jsonl", "answers/gqa.jsonl",
+             image_folder="gqa/images", batch_size=16)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .loaders import EvalDataError, PathLike
+from .tasks import EvalQuestion, TaskSpec, get_task, load_task_questions
+
+# Marker added to the model id of a blind run, so its answers are never mixed with (or reported as) real ones.
+BLANK_IMAGE_TAG = "+blank-image"
+
+
+class ImageLoadError(EvalDataError):
+    """A question's image is missing or unreadable; the message names the file and the question id."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run_eval` did.
+
+    Attributes:
+        output: the answer file.
+        task: task name.
+        model_id: the ``model_id`` written on every line.
+        num_questions: questions selected for this run (after ``limit``).
+        num_skipped: questions already answered in ``output`` before this run (resumed).
+        num_generated: questions answered by this run.
+        num_dropped_lines: truncated or corrupt trailing lines removed from ``output`` before resuming.
+        questions_file: the question file used (for ``easy_vqa`` without ``data``: the one written for this run).
+        annotations_file: for the built-in ``easy_vqa`` data, the annotations to score against; else ``None``.
+    """
+
+    output: Path
+    task: str
+    model_id: str
+    num_questions: int
+    num_skipped: int
+    num_generated: int
+    num_dropped_lines: int
+    questions_file: Path
+    annotations_file: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``).
+
+    Readers never see a half-written file and an interrupted write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class _Existing:
+    """Lines already in an answer file: raw text (with newline) and parsed records, in file order."""
+
+    lines: list[str]
+    records: list[dict[str, Any]]
+    dropped: int
+
+
+def read_answer_file(path: PathLike, *, repair: bool = True) -> _Existing:
+    """Read an answer file written by :func:`run_eval`, tolerating a truncated last line.
+
+    The last line is dropped (with a warning) when it lacks its newline or is not a JSON object: that is what a
+    process killed mid-write leaves behind. With ``repair`` the file itself is truncated to its last good line, so
+    appending continues from a clean state. A bad line anywhere else is not a crash artefact and raises
+    :class:`~tinyllava_hf.eval.loaders.EvalDataError` naming the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return _Existing([], [], 0)
+    data = path.read_bytes()
+    chunks = data.split(b"\n")
+    # After the final newline split() yields b"" (complete file); anything else there is a partial last line.
+    tail = chunks.pop()
+    lines: list[str] = []
+    records: list[dict[str, Any]] = []
+    good_length = 0
+    dropped = 0
+    for index, chunk in enumerate(chunks):
+        lineno = index + 1
+        is_last = index == len(chunks) - 1 and not tail
+        if not chunk.strip():
+            good_length += len(chunk) + 1
+            continue
+        try:
+            record = json.loads(chunk.decode("utf-8"))
+            if not isinstance(record, dict) or "question_id" not in record or not isinstance(record.get("text"), str):
+                raise ValueError("not an answer record")
+        except (UnicodeDecodeError, ValueError) as err:
+            if is_last:
+                dropped += 1
+                warnings.warn(
+                    f"{path} line {lineno} is corrupt ({err}); dropping it, its answer is regenerated", stacklevel=2
+                )
+                break
+            raise EvalDataError(
+                f"{path} line {lineno} is not a JSON answer record ({err}); only a damaged last line is repaired "
+                "automatically, fix or delete this file"
+            ) from None
+        lines.append(chunk.decode("utf-8") + "\n")
+        records.append(record)
+        good_length += len(chunk) + 1
+    if tail.strip():
+        dropped += 1
+        warnings.warn(
+            f"{path}: incomplete last line (an interrupted run) dropped, its answer is regenerated", stacklevel=2
+        )
+    if repair and good_length != len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(good_length)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return _Existing(lines, records, dropped)
+
+
+def _answer_line(question: EvalQuestion, text: str, model_id: str) -> str:
+    record = {
+        "question_id": question.question_id,
+        "prompt": question.text,
+        "text": text,
+        "model_id": model_id,
+        "metadata": {},
+    }
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Images and prompts
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_image(question: EvalQuestion, image_folder: PathLike | None) -> Path:
+    """The file of ``question``'s image: ``image_folder / image`` (an absolute ``image`` is used as is)."""
+    assert question.image is not None
+    image = Path(question.image)
+    return image if image.is_absolute() or image_folder is None else Path(image_folder) / image
+
+
+def check_images(questions: Sequence[EvalQuestion], image_folder: PathLike | None) -> None:
+    """Fail before any generation if an image file is missing, naming the file and question id.
+
+    A full benchmark runs for hours; a stat per question is cheap, and finding a missing file at the end is not.
+    """
+    for question in questions:
+        if question.image is None:
+            continue
+        path = resolve_image(question, image_folder)
+        if not path.is_file():
+            hint = "" if image_folder is not None else " (no --image-folder given: paths are relative to the cwd)"
+            raise ImageLoadError(
+                f"image file {path} not found for question_id {question.question_id!r} ({question.where}){hint}"
+            )
+
+
+def load_image(question: EvalQuestion, image_folder: PathLike | None) -> Image.Image:
+    """Open ``question``'s image as RGB, raising :class:`ImageLoadError` naming the file and question id."""
+    path = resolve_image(question, image_folder)
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ImageLoadError(f"image file {path} not found for question_id {question.question_id!r}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageLoadError(
+            f"image file {path} for question_id {question.question_id!r} cannot be read ({err})"
+        ) from None
+
+
+def blank_color(processor: Any) -> tuple[int, int, int]:
+    """The image processor's mean colour (what normalises to ~0), truncated like upstream's pad background."""
+    mean = getattr(getattr(processor, "image_processor", None), "image_mean", None) or (0.5, 0.5, 0.5)
+    mean = list(mean) * 3 if len(mean) == 1 else list(mean)
+    return tuple(int(m * 255) for m in mean[:3])  # type: ignore[return-value]
+
+
+def blank_like(image: Image.Image, color: tuple[int, int, int]) -> Image.Image:
+    """A uniform image of ``image``'s size: the same resize/crop/pad path, no visual content (blind baseline)."""
+    return Image.new("RGB", image.size, color)
+
+
+def build_conversation(text: str, image: Image.Image | None) -> list[dict[str, Any]]:
+    """One user turn: the image first (upstream's ``"<image>\\n" + question``), then the question text."""
+    content: list[dict[str, Any]] = []
+    if image is not None:
+        content.append({"type": "image", "image": image})
+    content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
+    try:
+        parameter = next(model.parameters())
+    except (StopIteration, AttributeError):
+        return torch.device("cpu"), torch.float32
+    return getattr(model, "device", parameter.device), getattr(model, "dtype", parameter.dtype)
+
+
+class _LeftPadding:
+    """Context manager: left padding (and a pad token) on the processor's tokenizer, restored afterwards.
+
+    Decoder-only batched generation needs the prompts right-aligned; the caller's processor is left as it was.
+    """
+
+    def __init__(self, processor: Any) -> None:
+        self.tokenizer = processor.tokenizer
+
+    def __enter__(self) -> int:
+        self.side = self.tokenizer.padding_side
+        self.pad = self.tokenizer.pad_token
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            # Padding positions are masked out; any token will do, and EOS is what generate() pads with anyway.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        return self.tokenizer.pad_token_id
+
+    def __exit__(self, *exc: object) -> None:
+        self.tokenizer.padding_side = self.side
+        if self.pad is None:
+            self.tokenizer.pad_token = None
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: Any,
+    processor: Any,
+    conversations: Sequence[list[dict[str, Any]]],
+    max_new_tokens: int,
+    *,
+    chat_template: str | None = None,
+    **generate_kwargs: Any,
+) -> list[str]:
+    """Generate one answer per conversation in a single left-padded batch; greedy unless ``generate_kwargs`` say
+    otherwise. Returns the decoded new text of each row, special tokens removed and whitespace stripped."""
+    with _LeftPadding(processor) as pad_token_id:
+        template_kwargs = {} if chat_template is None else {"chat_template": chat_template}
+        inputs = processor.apply_chat_template(
+            list(conversations),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"padding": True},
+            **template_kwargs,
+        )
+    device, dtype = _model_device_dtype(model)
+    inputs = inputs.to(device, dtype)
+    settings: dict[str, Any] = {"do_sample": False, "num_beams": 1, "max_new_tokens": max_new_tokens}
+    settings.update(generate_kwargs)
+    if not settings["do_sample"]:
+        # Greedy: clear sampling knobs a checkpoint's generation_config may set, which generate() warns about.
+        settings.update(temperature=None, top_p=None, top_k=None)
+    output = model.generate(**inputs, **settings, pad_token_id=pad_token_id)
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def default_model_id(model: Any) -> str:
+    """LLaVA's convention: the last path component of the checkpoint (``model.name_or_path``), else ``"model"``."""
+    name = str(getattr(model, "name_or_path", "") or "")
+    return Path(name.rstrip("/\\")).name or "model"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# run_eval
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _question_keys(questions: Sequence[EvalQuestion]) -> tuple[list[Any], bool]:
+    """Resume keys: ``str(question_id)``, or ``(id, prompt)`` when ids repeat (LLaVA's MME file gives both questions
+    of an image the same id). Raises if two questions are indistinguishable."""
+    counts = Counter(str(q.question_id) for q in questions)
+    by_prompt = any(count > 1 for count in counts.values())
+    keys = [(str(q.question_id), q.text) if by_prompt else str(q.question_id) for q in questions]
+    seen: dict[Any, EvalQuestion] = {}
+    for key, question in zip(keys, questions):
+        if key in seen:
+            raise EvalDataError(
+                f"{question.where}: question_id {question.question_id!r} with the same prompt also appears at "
+                f"{seen[key].where}; answers could not be told apart"
+            )
+        seen[key] = question
+    return keys, by_prompt
+
+
+def _record_key(record: dict[str, Any], by_prompt: bool) -> Any:
+    return (str(record["question_id"]), record.get("prompt")) if by_prompt else str(record["question_id"])
+
+
+def _prepare_builtin_easy_vqa(output: Path, limit: int | None, seed: int) -> tuple[Path, Path, Path]:
+    from .easy_vqa import default_data_dir, write_easy_vqa_files
+
+    files = write_easy_vqa_files(default_data_dir(output.parent, "test", limit, seed), "test", limit=limit, seed=seed)
+    return files.questions, files.annotations, files.image_folder
+
+
+def run_eval(
+    model: Any,
+    processor: Any,
+    task: str | TaskSpec,
+    data: PathLike | None,
+    output: PathLike,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    limit: int | None = None,
+    *,
+    image_folder: PathLike | None = None,
+    blank_image: bool = False,
+    model_id: str | None = None,
+    chat_template: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> RunResult:
+    """Answer a benchmark's questions with ``model`` and append them to the answer file ``output`` (resumable).
+
+    Args:
+        model: a TinyLLaVA (or any image-text-to-text) model with ``generate``; put in eval mode here.
+        processor: its processor (``apply_chat_template`` with image blocks, ``batch_decode``).
+        task: exact task name (:func:`~tinyllava_hf.eval.tasks.list_tasks`) or a :class:`TaskSpec`.
+        data: the task's question file. ``None`` is only allowed for ``easy_vqa``: the built-in test split is
+            written (questions + annotations) to a folder next to ``output``.
+        output: answer file (JSON lines); created, or resumed when it exists.
+        batch_size: questions per ``generate`` call.
+        max_new_tokens: generation budget; defaults to the task's upstream value.
+        limit: only the first ``limit`` questions (for built-in ``easy_vqa``: a ``seed``-ed random sample of them).
+        image_folder: folder the question file's ``image`` paths are relative to.
+        blank_image: replace every image by a uniform mean-colour image of the same size (a "blind" baseline);
+            the model id gets a ``+blank-image`` suffix so such answers are never mixed with real ones.
+        model_id: ``model_id`` written on every line (default: last path component of the checkpoint).
+        chat_template: name (or Jinja source) of the processor chat template; default: the processor's default.
+        seed: sampling seed of built-in ``easy_vqa`` with ``limit``.
+        progress: show a tqdm progress bar.
+
+    Raises:
+        ImageLoadError: an image is missing or unreadable (message names the file and question id).
+        EvalDataError: a malformed question file or answer file, or an answer file from another model or prompt.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    output = Path(output)
+    annotations_file = None
+    if data is None:
+        if spec.name != "easy_vqa":
+            raise ValueError(f"task {spec.name!r} needs a question file (data); only easy_vqa has built-in data")
+        data, annotations_file, builtin_images = _prepare_builtin_easy_vqa(output, limit, seed)
+        image_folder = image_folder if image_folder is not None else builtin_images
+        limit = None  # already applied by the seeded sample
+    questions = load_task_questions(spec, data)
+    if limit is not None:
+        questions = questions[:limit]
+    keys, by_prompt = _question_keys(questions)
+    new_tokens = max_new_tokens if max_new_tokens is not None else spec.max_new_tokens
+    if new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {new_tokens}")
+    model_id = model_id or default_model_id(model)
+    if blank_image and not model_id.endswith(BLANK_IMAGE_TAG):
+        model_id += BLANK_IMAGE_TAG
+
+    existing = read_answer_file(output)
+    answered: dict[Any, int] = {}  # resume key -> index of its (first) line in the existing file
+    for index, record in enumerate(existing.records):
+        if record.get("model_id") != model_id:
+            raise EvalDataError(
+                f"{output} holds answers of model_id {record.get('model_id')!r}, this run is {model_id!r}; "
+                "write to another --output (or delete the file) instead of mixing models"
+            )
+        answered.setdefault(_record_key(record, by_prompt), index)
+    for key, question in zip(keys, questions):
+        if key in answered and existing.records[answered[key]].get("prompt") != question.text:
+            raise EvalDataError(
+                f"{output}: question_id {question.question_id!r} was answered with another prompt "
+                f"({existing.records[answered[key]].get('prompt')!r}, now {question.text!r}); use another --output"
+            )
+    pending = [(key, q) for key, q in zip(keys, questions) if key not in answered]
+    check_images([q for _, q in pending], image_folder)
+
+    model.eval()
+    color = blank_color(processor)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    new_lines: dict[Any, str] = {}
+    bar = tqdm(
+        total=len(questions), initial=len(questions) - len(pending), desc=spec.name, unit="q", disable=not progress
+    )
+    try:
+        with open(output, "a", encoding="utf-8", newline="") as handle:
+            for batch in _batches(pending, batch_size):
+                conversations = []
+                for _, question in batch:
+                    image = None
+                    if question.image is not None:
+                        image = load_image(question, image_folder)
+                        if blank_image:
+                            image = blank_like(image, color)
+                    conversations.append(build_conversation(question.text, image))
+                answers = generate_batch(model, processor, conversations, new_tokens, chat_template=chat_template)
+                lines = [_answer_line(question, answer, model_id) for (_, question), answer in zip(batch, answers)]
+                handle.write("".join(lines))
+                # Durable before moving on: a crash later loses at most the next batch.
+                handle.flush()
+                os.fsync(handle.fileno())
+                new_lines.update((key, line) for (key, _), line in zip(batch, lines))
+                bar.update(len(batch))
+    finally:
+        bar.close()
+
+    # Appending resumed answers at the end would make a resumed file differ from an uninterrupted one: rewrite it
+    # with this run's questions in question-file order, then any other lines (e.g. beyond --limit) as they were.
+    ordered = [new_lines[key] if key in new_lines else existing.lines[answered[key]] for key in keys]
+    used = {answered[key] for key in keys if key in answered}
+    others = [line for index, line in enumerate(existing.lines) if index not in used]
+    text = "".join(ordered + others)
+    if output.read_text(encoding="utf-8") != text:
+        write_text_atomic(output, text)
+    return RunResult(
+        output=output,
+        task=spec.name,
+        model_id=model_id,
+        num_questions=len(questions),
+        num_skipped=len(questions) - len(pending),
+        num_generated=len(pending),
+        num_dropped_lines=existing.dropped,
+        questions_file=Path(data),
+        annotations_file=annotations_file,
+    )
