@@ -165,6 +165,10 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         hidden = hidden.reshape(batch, frames // factor, factor * width)
         return self.audio_connector(hidden)
 
+    def _placeholder_mask(self, input_ids: torch.LongTensor) -> torch.BoolTensor:
+        token_ids = [i for i in (self.config.image_token_id, self.config.audio_token_id) if i is not None]
+        return torch.isin(input_ids, torch.tensor(token_ids, dtype=input_ids.dtype, device=input_ids.device))
+
     def _scatter_features(
         self,
         input_ids: torch.LongTensor | None,
@@ -216,7 +220,10 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+            # Placeholder rows are overwritten by tower features, so their ids are never looked up: the placeholder
+            # tokens need no embedding row (their ids may lie past the LM vocabulary, as for a converted checkpoint
+            # whose tokenizer fills the vocabulary) and no extra logit enters the softmax.
+            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(self._placeholder_mask(input_ids), 0))
 
         image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
@@ -318,10 +325,7 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
         if labels is not None:
             if input_ids is not None:
                 # A placeholder is never a target: its embedding is a tower feature, not the token.
-                token_ids = (self.config.image_token_id, self.config.audio_token_id)
-                placeholder_ids = [token_id for token_id in token_ids if token_id is not None]
-                is_placeholder = torch.isin(input_ids, torch.tensor(placeholder_ids, device=input_ids.device))
-                labels = labels.masked_fill(is_placeholder, -100)
+                labels = labels.masked_fill(self.model._placeholder_mask(input_ids), -100)
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
