@@ -301,3 +301,22 @@ def test_config_round_trips_through_json(tmp_path):
     assert reloaded.to_dict() == config.to_dict()
     assert reloaded.text_config.model_type == "gemma"
     assert reloaded.num_image_tokens == config.num_image_tokens
+
+
+def test_placeholder_ids_are_never_embedded():
+    """A placeholder id may lie past the LM vocabulary (tokenizers that fill it): it is never looked up."""
+    inside = build("llama", "siglip", "mlp2x_gelu")
+    outside = build("llama", "siglip", "mlp2x_gelu", image_token_id=inside.config.text_config.vocab_size + 7)
+    outside.load_state_dict(inside.state_dict())
+    inputs = make_inputs(inside.config)
+    moved = dict(
+        inputs,
+        input_ids=inputs["input_ids"].masked_fill(
+            inputs["input_ids"] == inside.config.image_token_id, outside.config.image_token_id
+        ),
+    )
+    with torch.no_grad():
+        assert torch.equal(inside(**inputs).logits, outside(**moved).logits)
+        # Changing the placeholder's own embedding row changes nothing either.
+        inside.get_input_embeddings().weight[inside.config.image_token_id] += 1.0
+        assert torch.equal(inside(**inputs).logits, outside(**moved).logits)
