@@ -13,7 +13,11 @@ from . import __version__
 
 # Modules that contribute subcommands. Each defines `register(subparsers)`, adding parsers whose `func` default takes
 # the parsed arguments and returns an exit code.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("tinyllava_hf.convert.cli", "tinyllava_hf.eval.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "tinyllava_hf.train.cli",
+    "tinyllava_hf.convert.cli",
+    "tinyllava_hf.eval.cli",
+)
 
 
 def make_parser() -> argparse.ArgumentParser:

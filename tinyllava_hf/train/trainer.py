@@ -1,0 +1,169 @@
+"""`run_training`: our model/data arguments + TRL's `SFTConfig` -> `SFTTrainer` with `TinyLlavaCollator`.
+
+    tinyllava-hf train --config recipes/debug/pretrain/config_siglip_llama.yaml [--key value ...]
+
+Arguments are parsed by `trl.TrlParser` (YAML recipe, then command-line overrides). The trainer always runs with
+our collator, `remove_unused_columns=False` and `dataset_kwargs={"skip_prepare_dataset": True}`, the setup TRL
+documents for custom vision-language collators; TRL's packing and padding-free modes are rejected (they cannot keep
+an image's placeholders together).
+
+The final model (or LoRA adapter) and processor are saved in `output_dir`, loadable with
+`AutoModelForImageTextToText` / `AutoProcessor` and `trust_remote_code=True`. A LoRA run on a model built from parts
+also saves its base model under `output_dir/base_model` (the adapter's `base_model_name_or_path`).
+
+Resuming: `--resume_from_checkpoint PATH` resumes from PATH, `true` from the last `checkpoint-*` of `output_dir`;
+by default a run whose `output_dir` already holds checkpoints resumes from the last one (`false` starts afresh).
+"""
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from transformers import set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer, TrlParser
+
+from .arguments import DataArguments, ModelArguments
+from .build import load_model_and_processor
+from .collator import TinyLlavaCollator, filter_overlength
+from .data import load_dataset_files
+from .tune import apply_tune_modes, restore_trainable_dtypes
+
+__all__ = ["TinyLlavaSFTTrainer", "make_parser", "parse_train_args", "resolve_resume_checkpoint", "run_training"]
+
+logger = logging.getLogger(__name__)
+
+BASE_MODEL_SUBDIR = "base_model"
+
+
+def make_parser() -> TrlParser:
+    """The `TrlParser` of `tinyllava-hf train`: ModelArguments, DataArguments, SFTConfig."""
+    return TrlParser((ModelArguments, DataArguments, SFTConfig), prog="tinyllava-hf train")
+
+
+def parse_train_args(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataArguments, SFTConfig]:
+    """Parse `--config recipe.yaml` plus overrides; unknown keys (in the YAML or on the command line) are errors."""
+    model_args, data_args, training_args = make_parser().parse_args_and_config(args=argv)
+    return model_args, data_args, training_args
+
+
+class TinyLlavaSFTTrainer(SFTTrainer):
+    """`SFTTrainer` that adds the collator's counters (dropped / truncated / skipped samples) to every log."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        collator = self.data_collator
+        if isinstance(collator, TinyLlavaCollator) and "loss" in logs:
+            for key in ("truncated", "dropped_overlength", "skipped_bad_media", "empty_batches"):
+                if collator.stats.get(key):
+                    logs[f"data/{key}"] = float(collator.stats[key])
+        super().log(logs, start_time)
+
+
+def _configure(training_args: SFTConfig) -> None:
+    """Settings our collator needs whatever the recipe says (the ones TRL's docs give for custom VLM collators)."""
+    if training_args.packing or training_args.padding_free:
+        raise ValueError(
+            "packing/padding_free are not supported: TRL's implementations cannot keep image placeholders whole."
+        )
+    training_args.remove_unused_columns = False  # the collator needs id/messages_json/images/audios
+    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+
+
+def resolve_resume_checkpoint(training_args: SFTConfig) -> str | None:
+    """The checkpoint to resume from (see the module docstring), or None to start afresh."""
+    value = training_args.resume_from_checkpoint
+    if isinstance(value, str) and value.lower() in ("false", "no", "none"):
+        return None
+    has_dir = os.path.isdir(training_args.output_dir)
+    last = get_last_checkpoint(training_args.output_dir) if has_dir else None
+    if value is None:
+        if last is not None:
+            logger.warning("Resuming from %s (pass --resume_from_checkpoint false to start afresh).", last)
+        return last
+    if isinstance(value, bool) or value.lower() in ("true", "yes", "last"):
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint {value}: no checkpoint-* in {training_args.output_dir}.")
+        return last
+    if not os.path.isdir(value):
+        raise ValueError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
+    return value
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig
+) -> TinyLlavaSFTTrainer:
+    """Train, save the final model/adapter + processor to `output_dir`, and return the trainer.
+
+    The trainer holds the trained model (`trainer.model`, a `PeftModel` under LoRA), the collator with its counters
+    (`trainer.data_collator.stats`) and the logs (`trainer.state.log_history`).
+    """
+    _configure(training_args)
+    set_seed(training_args.seed)  # the connector's fresh init must be the same on every rank
+
+    output_dir = Path(training_args.output_dir)
+    with training_args.main_process_first(desc="building the model"):
+        model, processor = load_model_and_processor(
+            model_args,
+            base_model_dir=output_dir / BASE_MODEL_SUBDIR,
+            is_main_process=training_args.process_index == 0,
+        )
+
+    collator = TinyLlavaCollator(
+        processor,
+        max_length=training_args.max_length,
+        on_overlength=data_args.on_overlength,
+        skip_bad_samples=data_args.skip_bad_samples,
+        pad_to_multiple_of=training_args.pad_to_multiple_of,
+        # ZeRO-3 gathers tower weights collectively: every rank must run every tower at every step.
+        dummy_media=is_deepspeed_zero3_enabled(),
+    )
+    datasets = {}
+    for split, paths in (("train", data_args.data_path), ("eval", data_args.eval_data_path)):
+        if not paths:
+            continue
+        dataset, _ = load_dataset_files(
+            paths,
+            image_folder=data_args.image_folder,
+            audio_folder=data_args.audio_folder,
+            data_format=data_args.data_format,
+            skip_bad_samples=data_args.skip_bad_samples,
+            verify_media=data_args.verify_media,
+            max_samples=data_args.max_samples,
+        )
+        datasets[split] = filter_overlength(dataset, collator, num_proc=training_args.dataset_num_proc)
+
+    model = apply_tune_modes(model, model_args)
+    trainable_dtypes = {name: param.dtype for name, param in model.named_parameters() if param.requires_grad}
+    trainer = TinyLlavaSFTTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collator,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("eval"),
+        processing_class=processor,
+    )
+    restore_trainable_dtypes(trainer.model, trainable_dtypes)
+
+    result = trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    trainer.save_model(str(output_dir))  # weights (or adapter) + processor
+    trainer.save_state()
+    metrics = dict(result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    if collator.stats:
+        logger.info("Data pipeline counters: %s", dict(collator.stats))
+    return trainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `tinyllava-hf train` (`argv=None` reads `sys.argv`)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    run_training(*parse_train_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    # `torchrun --nproc_per_node N -m tinyllava_hf.train.trainer --config ...` (or `accelerate launch -m ...`).
+    raise SystemExit(main())
