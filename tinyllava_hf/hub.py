@@ -1,0 +1,202 @@
+"""Model cards: render `model_card_template.md` (a huggingface_hub `ModelCard` Jinja template) from a saved
+checkpoint's own configuration and measured results, so that nothing in a card is typed by hand."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import huggingface_hub
+import torch
+import transformers
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .configuration_tinyllava import TinyLlavaConfig
+
+# The template lives at the repository root (it is part of the project, like README.md).
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_template.md"
+# Anything left looking like a Jinja placeholder or a Python None in a rendered card is a bug.
+_UNFILLED = re.compile(r"\{\{|\{%|\bNone\b")
+
+
+@dataclass
+class TrainingStage:
+    """One row of the card's training table."""
+
+    name: str
+    recipe: str
+    trainable: str
+    data: str
+    steps: int
+    learning_rate: float
+    batch_size: int
+    wall_time: str
+
+
+@dataclass
+class EvaluationEntry:
+    """One measured result: shown in the card's table and written to the `model-index` metadata."""
+
+    dataset: str  # display name, e.g. "easy-VQA"
+    dataset_type: str  # e.g. "easy-vqa"
+    split: str  # e.g. "test (seeded sample of 2,000 questions)"
+    metric: str  # e.g. "accuracy"
+    value: float
+    prompt: str
+    scorer: str
+
+
+@dataclass
+class CardInfo:
+    """Everything a card needs beyond the checkpoint itself."""
+
+    model_name: str
+    repo_id: str
+    summary: str
+    training_summary: str
+    training_stages: list[TrainingStage]
+    evaluation: list[EvaluationEntry]
+    evaluation_notes: str
+    limitations: str
+    datasets: list[str]
+    license: str = "apache-2.0"
+    base_model: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    example_image: str = "image.png"
+    example_question: str = "What is in the picture?"
+    example_max_new_tokens: int = 16
+
+
+def _describe_config(config: TinyLlavaConfig) -> dict[str, str]:
+    text, vision = config.text_config, config.vision_config
+    layers = config.vision_feature_layers
+    description = {
+        "llm": f"{text.model_type} ({text.num_hidden_layers} layers, hidden {text.hidden_size}, "
+        f"vocabulary {text.vocab_size})",
+        "vision_tower": f"{vision.model_type} ({vision.num_hidden_layers} layers, hidden {vision.hidden_size}, "
+        f"{vision.image_size}px images, {vision.patch_size}px patches)",
+        "connector": config.connector_type,
+        "vision_features": f"hidden state(s) {layers}, strategy `{config.vision_feature_select_strategy}`",
+        "placeholders": f"{config.num_image_tokens} `<image>` tokens per image",
+        "audio_tower": "",
+    }
+    if config.audio_config is not None:
+        description["audio_tower"] = f"Whisper encoder ({config.audio_config.encoder_layers} layers)"
+        description["placeholders"] += f", {config.num_audio_tokens} `<audio>` tokens per clip"
+    return description
+
+
+def _format_value(value: float) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_model_card(model_dir: str | os.PathLike, info: CardInfo, template_path: str | os.PathLike | None = None):
+    """Render a `ModelCard` for the checkpoint in `model_dir` (config, processor files) from `info`.
+
+    Raises:
+        ValueError: if the rendered card still holds an unfilled placeholder.
+    """
+    model_dir = Path(model_dir)
+    config = TinyLlavaConfig.from_pretrained(model_dir)
+    template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE
+    if not template_path.is_file():
+        raise FileNotFoundError(f"Model card template not found: {template_path}")
+    templates = sorted(p.stem for p in (model_dir / "additional_chat_templates").glob("*.jinja"))
+    num_parameters = _count_parameters(model_dir)
+
+    card_data = ModelCardData(
+        model_name=info.model_name,
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        license=info.license,
+        datasets=info.datasets,
+        base_model=info.base_model or None,
+        tags=sorted({"tinyllava", "custom_code", "image-text-to-text", "vision-language", *info.tags}),
+        eval_results=[
+            EvalResult(
+                task_type="visual-question-answering",
+                dataset_type=entry.dataset_type,
+                dataset_name=entry.dataset,
+                dataset_split=entry.split,
+                metric_type=entry.metric,
+                metric_value=entry.value,
+            )
+            for entry in info.evaluation
+        ],
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        model_name=info.model_name,
+        repo_id=info.repo_id,
+        summary=info.summary,
+        chat_template=_default_template_name(model_dir, templates),
+        other_templates=", ".join(f"`{name}`" for name in templates) or "none",
+        num_parameters=f"{num_parameters / 1e6:.2f} M",
+        training_summary=info.training_summary,
+        training_stages=[asdict(stage) for stage in info.training_stages],
+        framework_versions=(
+            f"transformers {transformers.__version__}, torch {torch.__version__}, "
+            f"huggingface_hub {huggingface_hub.__version__}{_optional_versions()}"
+        ),
+        evaluation=[{**asdict(entry), "value": _format_value(entry.value)} for entry in info.evaluation],
+        evaluation_notes=info.evaluation_notes,
+        limitations=info.limitations,
+        example_image=info.example_image,
+        example_question=info.example_question,
+        example_max_new_tokens=info.example_max_new_tokens,
+        **_describe_config(config),
+    )
+    body = card.content.split("---", 2)[-1]
+    if match := _UNFILLED.search(body):
+        line = body[: match.start()].count("\n") + 1
+        raise ValueError(f"The rendered model card has an unfilled placeholder near line {line}: {match.group()!r}")
+    return card
+
+
+def write_model_card(model_dir: str | os.PathLike, info: CardInfo, template_path=None) -> Path:
+    """Render and write `README.md` into `model_dir` atomically; returns its path."""
+    card = render_model_card(model_dir, info, template_path)
+    target = Path(model_dir) / "README.md"
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
+        handle.write(str(card))
+    os.replace(handle.name, target)
+    return target
+
+
+def _default_template_name(model_dir: Path, names: list[str]) -> str:
+    """The named template identical to the default one, or `custom` when none is."""
+    default_file = model_dir / "chat_template.jinja"
+    if not default_file.is_file():
+        return "none"
+    default = default_file.read_text()
+    for name in names:
+        if (model_dir / "additional_chat_templates" / f"{name}.jinja").read_text() == default:
+            return name
+    return "custom"
+
+
+def _count_parameters(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                total += math.prod(handle.get_slice(key).get_shape())
+    return total
+
+
+def _optional_versions() -> str:
+    versions = []
+    for name in ("trl", "peft", "accelerate", "datasets"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        versions.append(f"{name} {module.__version__}")
+    return "".join(f", {version}" for version in versions)
