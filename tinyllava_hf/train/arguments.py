@@ -170,6 +170,13 @@ class DataArguments:
         metadata={"help": "Decode every image/audio while loading the data, so corrupt files fail (or skip) early."},
     )
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N samples (debugging)."})
+    group_by_modality_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batches of one modality (text, image, audio) and similar token length, as upstream "
+            "(tinyllava_hf.train.sampler). Measures every sample's length once before training."
+        },
+    )
 
     def __post_init__(self):
         if self.data_path is None:

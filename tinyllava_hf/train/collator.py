@@ -1,4 +1,5 @@
-"""`TinyLlavaCollator`: chat-template tokenisation, assistant-only labels, placeholder-safe truncation, right padding.
+"""`TinyLlavaCollator`: chat-template tokenisation, assistant-only labels, placeholder-safe truncation, right padding
+(or padding-free packing, `tinyllava_hf.train.packing`).
 
 TRL's `SFTTrainer` computes the loss from the backbone's hidden states and `lm_head` directly (its fused LM head),
 not through our model's `forward`, so the labels built here are the whole truth: `-100` everywhere except the
@@ -25,6 +26,7 @@ from PIL import Image
 from transformers import ProcessorMixin
 
 from .data import BadSampleError, load_audio, load_image
+from .packing import pack_samples
 
 __all__ = ["IGNORE_INDEX", "OverlengthError", "SampleLayout", "TinyLlavaCollator", "filter_overlength"]
 
@@ -68,6 +70,8 @@ class TinyLlavaCollator:
             placeholders after the first row's end, masked from attention and labels. DeepSpeed ZeRO-3 gathers a
             tower's weights collectively, so a rank whose batch skipped the tower would hang the others; the
             trainer turns this on under ZeRO-3. The blank medium changes neither the loss nor any gradient.
+        packing: padding-free batches: all samples in one row with per-sample `position_ids` and no
+            `attention_mask` (`tinyllava_hf.train.packing`); the trainer turns this on for `padding_free: true`.
     """
 
     processor: ProcessorMixin
@@ -76,6 +80,7 @@ class TinyLlavaCollator:
     skip_bad_samples: bool = False
     pad_to_multiple_of: int | None = None
     dummy_media: bool = False
+    packing: bool = False
     stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self):
@@ -200,7 +205,7 @@ class TinyLlavaCollator:
             encoded["input_features"] = out["input_features"]
         return encoded
 
-    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         encoded = [item for item in (self.encode(example) for example in examples) if item is not None]
         self.stats["samples"] += len(encoded)
         if not encoded:
@@ -217,6 +222,19 @@ class TinyLlavaCollator:
 
         if self.dummy_media:
             self._add_dummy_media(encoded[0], encoded)
+        if self.packing:
+            result = pack_samples(encoded, self.pad_token_id, self.pad_to_multiple_of)
+        else:
+            result = self._pad(encoded)
+        # One entry per medium in sample order, whether padded or packed: the model scatters them in that order.
+        for key in ("pixel_values", "input_features"):
+            tensors = [item[key] for item in encoded if key in item]
+            if tensors:
+                result[key] = torch.cat(tensors)
+        return result
+
+    def _pad(self, encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Right-pad the samples into `(batch, length)` `input_ids`, `attention_mask` and `labels`."""
         length = max(item["input_ids"].shape[0] for item in encoded)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -229,12 +247,7 @@ class TinyLlavaCollator:
             input_ids[row, :size] = item["input_ids"]
             labels[row, :size] = item["labels"]
             attention_mask[row, : item.get("num_attended", size)] = 1
-        result = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        for key in ("pixel_values", "input_features"):
-            tensors = [item[key] for item in encoded if key in item]
-            if tensors:
-                result[key] = torch.cat(tensors)
-        return result
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def _blank_media(self) -> dict[str, tuple[int, int, torch.Tensor]]:
         """Per media key: (placeholder id, placeholders per item, tensor of one blank item), computed once."""

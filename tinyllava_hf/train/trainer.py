@@ -4,8 +4,10 @@
 
 Arguments are parsed by `trl.TrlParser` (YAML recipe, then command-line overrides). The trainer always runs with
 our collator, `remove_unused_columns=False` and `dataset_kwargs={"skip_prepare_dataset": True}`, the setup TRL
-documents for custom vision-language collators; TRL's packing and padding-free modes are rejected (they cannot keep
-an image's placeholders together).
+documents for custom vision-language collators. TRL refuses its `padding_free` for vision datasets, so our collator
+does it instead (`tinyllava_hf.train.packing`: one row per batch, position ids restarting per sample); TRL's
+`packing` (dataset-level bin packing) is rejected. `--group_by_modality_length` samples single-modality,
+length-grouped batches (`tinyllava_hf.train.sampler`).
 
 The final model (or LoRA adapter) and processor are saved in `output_dir`, loadable with
 `AutoModelForImageTextToText` / `AutoProcessor` and `trust_remote_code=True`. A LoRA run on a model built from parts
@@ -18,8 +20,11 @@ by default a run whose `output_dir` already holds checkpoints resumes from the l
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
+from torch.utils.data import Dataset, Sampler
 from transformers import set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
@@ -29,6 +34,7 @@ from .arguments import DataArguments, ModelArguments
 from .build import load_model_and_processor
 from .collator import TinyLlavaCollator, filter_overlength
 from .data import load_dataset_files
+from .sampler import ModalityLengthGroupedSampler, add_length_columns
 from .tune import apply_tune_modes, restore_trainable_dtypes
 
 __all__ = ["TinyLlavaSFTTrainer", "make_parser", "parse_train_args", "resolve_resume_checkpoint", "run_training"]
@@ -50,7 +56,23 @@ def parse_train_args(argv: Sequence[str] | None = None) -> tuple[ModelArguments,
 
 
 class TinyLlavaSFTTrainer(SFTTrainer):
-    """`SFTTrainer` that adds the collator's counters (dropped / truncated / skipped samples) to every log."""
+    """`SFTTrainer` that adds the collator's counters (dropped / truncated / skipped samples) to every log and, with
+    `group_by_modality_length=True`, samples with `ModalityLengthGroupedSampler` (the train dataset needs the columns
+    of `add_length_columns`)."""
+
+    def __init__(self, *args: Any, group_by_modality_length: bool = False, **kwargs: Any) -> None:
+        self.group_by_modality_length = group_by_modality_length
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
+        if not self.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        return ModalityLengthGroupedSampler.from_dataset(
+            train_dataset if train_dataset is not None else self.train_dataset,
+            batch_size=self._train_batch_size,
+            world_size=self.args.world_size,
+            seed=self.args.seed,
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         collator = self.data_collator
@@ -61,14 +83,22 @@ class TinyLlavaSFTTrainer(SFTTrainer):
         super().log(logs, start_time)
 
 
-def _configure(training_args: SFTConfig) -> None:
-    """Settings our collator needs whatever the recipe says (the ones TRL's docs give for custom VLM collators)."""
-    if training_args.packing or training_args.padding_free:
+def _configure(training_args: SFTConfig) -> bool:
+    """Settings our collator needs whatever the recipe says (the ones TRL's docs give for custom VLM collators).
+
+    Returns whether to pack (`padding_free`), which our collator does: TRL refuses `padding_free` for vision datasets
+    and with a custom collator, so it must not see it.
+    """
+    if training_args.packing:
         raise ValueError(
-            "packing/padding_free are not supported: TRL's implementations cannot keep image placeholders whole."
+            "packing (TRL's dataset-level bin packing) is not supported for image/audio data; use padding_free: "
+            "true, our padding-free packing of each batch into one row (see tinyllava_hf/train/packing.py)."
         )
+    packing = training_args.padding_free
+    training_args.padding_free = False
     training_args.remove_unused_columns = False  # the collator needs id/messages_json/images/audios
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    return packing
 
 
 def resolve_resume_checkpoint(training_args: SFTConfig) -> str | None:
@@ -99,11 +129,16 @@ def run_training(
     The trainer holds the trained model (`trainer.model`, a `PeftModel` under LoRA), the collator with its counters
     (`trainer.data_collator.stats`) and the logs (`trainer.state.log_history`).
     """
-    _configure(training_args)
+    packing = _configure(training_args)
     set_seed(training_args.seed)  # the connector's fresh init must be the same on every rank
 
     output_dir = Path(training_args.output_dir)
-    with training_args.main_process_first(desc="building the model"):
+    # Under ZeRO-3, loading a checkpoint partitions its weights inside `deepspeed.zero.Init`, a collective every rank
+    # must enter together: main_process_first (rank 0 alone, the others at a barrier) would deadlock. Only building
+    # from parts, which runs outside zero.Init and may save a LoRA base model, needs rank 0 first.
+    loads_partitioned = is_deepspeed_zero3_enabled() and model_args.model_name_or_path is not None
+    building = nullcontext() if loads_partitioned else training_args.main_process_first(desc="building the model")
+    with building:
         model, processor = load_model_and_processor(
             model_args,
             base_model_dir=output_dir / BASE_MODEL_SUBDIR,
@@ -118,6 +153,7 @@ def run_training(
         pad_to_multiple_of=training_args.pad_to_multiple_of,
         # ZeRO-3 gathers tower weights collectively: every rank must run every tower at every step.
         dummy_media=is_deepspeed_zero3_enabled(),
+        packing=packing,
     )
     datasets = {}
     for split, paths in (("train", data_args.data_path), ("eval", data_args.eval_data_path)):
@@ -133,6 +169,10 @@ def run_training(
             max_samples=data_args.max_samples,
         )
         datasets[split] = filter_overlength(dataset, collator, num_proc=training_args.dataset_num_proc)
+    if data_args.group_by_modality_length:
+        datasets["train"] = add_length_columns(
+            datasets["train"], collator.measure, num_proc=training_args.dataset_num_proc
+        )
 
     model = apply_tune_modes(model, model_args)
     trainable_dtypes = {name: param.dtype for name, param in model.named_parameters() if param.requires_grad}
@@ -143,6 +183,7 @@ def run_training(
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("eval"),
         processing_class=processor,
+        group_by_modality_length=data_args.group_by_modality_length,
     )
     restore_trainable_dtypes(trainer.model, trainable_dtypes)
 

@@ -1,0 +1,207 @@
+"""Padding-free packing (`TinyLlavaCollator(packing=True)`, `padding_free: true`): one row per batch, position ids
+restarting per sample, no attention across samples; packed and padded batches give the same loss and gradients (fp32,
+tight tolerances) with SDPA and eager attention, directly and through TRL's trainer."""
+
+import math
+
+import pytest
+import torch
+
+from tinyllava_hf.train.arguments import DataArguments, ModelArguments
+from tinyllava_hf.train.build import build_from_parts
+from tinyllava_hf.train.collator import IGNORE_INDEX, TinyLlavaCollator
+from tinyllava_hf.train.data import load_dataset_files
+from tinyllava_hf.train.packing import pack_samples, segment_lengths
+from tinyllava_hf.train.tiny_parts import save_tiny_parts
+from tinyllava_hf.train.trainer import run_training
+
+ATTENTION = ("sdpa", "eager")
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return save_tiny_parts(tmp_path_factory.mktemp("parts"))
+
+
+@pytest.fixture(scope="module")
+def rows(parts):
+    dataset, _ = load_dataset_files([parts["finetune"], parts["audio"]], image_folder=parts["data"])
+    by_id = {row["id"]: row for row in dataset}
+    # Different lengths and every modality, including two images in a row, so the scatter order matters.
+    return [by_id[i] for i in ("finetune-0000", "text-0000", "audio-0000", "finetune-0001", "finetune-0002")]
+
+
+@pytest.fixture(scope="module", params=ATTENTION)
+def built(parts, request):
+    args = ModelArguments(
+        llm=str(parts["llm"]),
+        vision_tower=str(parts["siglip"]),
+        audio_tower=str(parts["whisper"]),
+        audio_downsample_factor=5,
+        template="llama",
+        attn_implementation=request.param,
+    )
+    model, processor = build_from_parts(args)
+    assert model.config.text_config._attn_implementation == request.param
+    return model, processor
+
+
+def loss_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.train()
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+    model.zero_grad()
+    return loss.detach(), grads
+
+
+def test_packed_batch_layout(built, rows):
+    _, processor = built
+    padded = TinyLlavaCollator(processor)(rows)
+    packed = TinyLlavaCollator(processor, packing=True)(rows)
+    lengths = padded["attention_mask"].sum(1).tolist()
+    assert "attention_mask" not in packed and packed["use_cache"] is False
+    assert packed["input_ids"].shape == (1, sum(lengths))
+    assert segment_lengths(packed["position_ids"]) == lengths
+    assert packed["cu_seq_lens_q"].tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    assert packed["max_length_q"] == packed["max_length_k"] == max(lengths)
+    start = 0
+    for row, length in enumerate(lengths):
+        segment = slice(start, start + length)
+        assert packed["position_ids"][0, segment].tolist() == list(range(length))
+        assert torch.equal(packed["input_ids"][0, segment], padded["input_ids"][row, :length])
+        # The first token is never predicted from the previous sample; every other label is the padded one.
+        assert packed["labels"][0, start] == IGNORE_INDEX
+        assert torch.equal(packed["labels"][0, start + 1 : start + length], padded["labels"][row, 1:length])
+        start += length
+    # One media entry per medium, in sample order, exactly as when padding.
+    for key in ("pixel_values", "input_features"):
+        assert torch.equal(packed[key], padded[key])
+
+
+def test_pad_to_multiple_of_adds_a_separate_untrained_tail(built, rows):
+    _, processor = built
+    packed = TinyLlavaCollator(processor, packing=True, pad_to_multiple_of=64)(rows[:2])
+    plain = TinyLlavaCollator(processor, packing=True)(rows[:2])
+    total = plain["input_ids"].shape[1]
+    assert packed["input_ids"].shape[1] % 64 == 0 and packed["input_ids"].shape[1] > total
+    tail = slice(total, None)
+    assert (packed["labels"][0, tail] == IGNORE_INDEX).all()
+    assert packed["position_ids"][0, tail].tolist() == list(range(packed["input_ids"].shape[1] - total))
+    assert segment_lengths(packed["position_ids"])[:-1] == segment_lengths(plain["position_ids"])
+
+
+def test_packed_and_padded_losses_and_gradients_agree(built, rows):
+    model, processor = built
+    padded = TinyLlavaCollator(processor)(rows)
+    packed = TinyLlavaCollator(processor, packing=True)(rows)
+    loss, grads = loss_and_grads(model, padded)
+    packed_loss, packed_grads = loss_and_grads(model, packed)
+    torch.testing.assert_close(packed_loss, loss, atol=1e-6, rtol=1e-6)
+    assert packed_grads.keys() == grads.keys()
+    assert any(name.startswith("model.vision_tower.") for name in grads)  # the towers are in the comparison
+    assert any(name.startswith("model.audio_tower.") for name in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_attention_never_crosses_samples(built, rows):
+    model, processor = built
+    packed = TinyLlavaCollator(processor, packing=True)(rows)
+    model.eval()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in packed.items() if k != "labels"}).logits[0]
+        start = 0
+        for row in rows:
+            alone = TinyLlavaCollator(processor)([row])
+            length = alone["input_ids"].shape[1]
+            expected = model(**{k: v for k, v in alone.items() if k != "labels"}).logits[0]
+            torch.testing.assert_close(logits[start : start + length], expected, atol=1e-5, rtol=1e-5)
+            start += length
+
+        # Why the collator sends use_cache=False: with a cache (what an LM config's `use_cache: true` asks for),
+        # transformers does not look for packed sequences, and the samples attend to each other.
+        cached = {k: v for k, v in packed.items() if k not in ("labels", "use_cache")}
+        leaked = model(**cached, use_cache=True).logits[0]
+    assert not torch.allclose(leaked, logits, atol=1e-4)
+
+
+def test_dummy_media_in_a_packed_batch_changes_neither_loss_nor_gradients(built, rows):
+    model, processor = built
+    text_only = [rows[1], rows[1]]
+    plain = TinyLlavaCollator(processor, packing=True)(text_only)
+    dummy = TinyLlavaCollator(processor, packing=True, dummy_media=True)(text_only)
+    # The blank image and clip ride after the first sample as a sample of their own.
+    first, blank, second = segment_lengths(dummy["position_ids"])
+    assert [first, second] == segment_lengths(plain["position_ids"])
+    assert blank == model.config.num_image_tokens + model.config.num_audio_tokens
+    assert dummy["pixel_values"].shape[0] == 1 and dummy["input_features"].shape[0] == 1
+    loss, grads = loss_and_grads(model, plain)
+    dummy_loss, dummy_grads = loss_and_grads(model, dummy)
+    torch.testing.assert_close(dummy_loss, loss, atol=1e-6, rtol=1e-6)
+    assert any(name.startswith("model.vision_tower.") for name in dummy_grads)
+    for name, grad in dummy_grads.items():
+        torch.testing.assert_close(grad, grads.get(name, torch.zeros_like(grad)), atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_pack_samples_handles_a_single_token_sample():
+    packed = pack_samples(
+        [
+            {"input_ids": torch.tensor([5]), "labels": torch.tensor([5])},
+            {"input_ids": torch.tensor([6, 7]), "labels": torch.tensor([6, 7])},
+        ],
+        pad_token_id=0,
+    )
+    assert packed["position_ids"].tolist() == [[0, 0, 1]]
+    assert packed["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 7]]
+    assert segment_lengths(packed["position_ids"]) == [1, 2]
+
+
+def test_padding_free_training_matches_padded_training(parts, tmp_path):
+    """Through TRL's SFTTrainer (its fused LM head): the same losses and the same trained weights."""
+    from trl import SFTConfig
+
+    def train(output_dir, **overrides):
+        config = SFTConfig(
+            output_dir=str(output_dir),
+            max_steps=3,
+            per_device_train_batch_size=4,
+            learning_rate=5e-3,
+            max_length=256,
+            bf16=False,
+            use_cpu=True,
+            activation_checkpointing=False,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=11,
+            dataloader_num_workers=0,
+            **overrides,
+        )
+        args = ModelArguments(llm=str(parts["llm"]), vision_tower=str(parts["siglip"]), template="llama")
+        data = DataArguments(data_path=[str(parts["finetune"])], image_folder=str(parts["data"]))
+        trainer = run_training(args, data, config)
+        return trainer, config
+
+    padded, _ = train(tmp_path / "padded")
+    packed, config = train(tmp_path / "packed", padding_free=True)
+    assert config.padding_free is False  # taken away from TRL, which refuses it for vision data
+    assert packed.data_collator.packing and not padded.data_collator.packing
+    losses = [[entry["loss"] for entry in t.state.log_history if "loss" in entry] for t in (padded, packed)]
+    assert len(losses[0]) == 3 and all(math.isfinite(loss) for loss in losses[0])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-5)
+    trained = dict(padded.model.named_parameters())
+    for name, param in packed.model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, trained[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_trl_packing_is_rejected_with_a_pointer_to_padding_free(parts, tmp_path):
+    from trl import SFTConfig
+
+    config = SFTConfig(output_dir=str(tmp_path), packing=True, bf16=False, use_cpu=True, report_to="none")
+    args = ModelArguments(llm=str(parts["llm"]), vision_tower=str(parts["siglip"]), template="llama")
+    data = DataArguments(data_path=[str(parts["finetune"])], image_folder=str(parts["data"]))
+    with pytest.raises(ValueError, match="use padding_free: true"):
+        run_training(args, data, config)
