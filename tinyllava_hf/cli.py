@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "tinyllava_hf.train.cli",
     "tinyllava_hf.convert.cli",
     "tinyllava_hf.eval.cli",
+    "tinyllava_hf.demo.cli",
 )
 
 

@@ -1,0 +1,39 @@
+"""`tinyllava-hf demo`: the main job on its built-in default (see `tinyllava_hf.demo.pipeline`)."""
+
+import argparse
+from pathlib import Path
+
+# A shortened run for tests and smoke checks: a few optimisation steps, a small test sample.
+QUICK = dict(pretrain_max_steps=2, finetune_max_steps=4, max_train_samples=256, test_limit=24, eval_batch_size=24)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .pipeline import DemoSettings, run_demo
+
+    settings = DemoSettings(output_dir=Path(args.output_dir), test_limit=args.test_limit, seed=args.seed)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(settings, name, value)
+    run_demo(settings)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="build, train (2 stages) and score a TinyLLaVA on easy-VQA, on CPU, offline",
+        description="Build a TinyLLaVA from parts, pretrain and finetune it on easy-VQA with the recipes in "
+        "recipes/easy_vqa/, score the test split with real and blank images, and write the checkpoint, its model "
+        "card, eval_results.json and a training plot.",
+    )
+    parser.add_argument(
+        "--output-dir", default="demo_output", help="where everything is written (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--test-limit", type=int, default=None, help="score a seeded sample of N test questions (default: all 9,673)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test sample (default: %(default)s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few steps and a small sample: checks the plumbing only"
+    )
+    parser.set_defaults(func=_demo)

@@ -1,0 +1,216 @@
+"""LLaVA-format training data and evaluation files for the easy-VQA demo, written from the `easy-vqa` package.
+
+easy-VQA (MIT, https://github.com/vzhou842/easy-VQA) ships 4,000 train and 1,000 test 64x64 PNG images, each one
+coloured shape on a tinted background, with 38,575 / 9,673 questions about colour, shape and presence (13 answers).
+This module writes, under one folder:
+
+    pretrain.json            one caption per train image ("a blue rectangle"), for the connector-only stage: the
+                             `pretrain` template trains `<image>` + caption. The package has no captions, so colour
+                             and shape are worked out from each image's question/answer pairs (`image_attributes`).
+    finetune.json            every train question as a one-turn conversation (human "<image>\\n{question}", gpt
+                             "{answer}"), the format the evaluation prompts use.
+    easy_vqa_test/           `questions.jsonl` (LLaVA evaluation questions) and `annotations.jsonl` (answers) of the
+                             whole test split or a seeded sample, written by the evaluation's own
+                             `tinyllava_hf.eval.easy_vqa`, so training and scoring read the package the same way.
+
+Training images are referenced by absolute path into the installed package; nothing is copied.
+
+    python -m tinyllava_hf.demo.data OUT_DIR [--test-limit N --seed S]
+"""
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..eval.easy_vqa import load_easy_vqa, sample_records, write_easy_vqa_files
+
+__all__ = [
+    "COLORS",
+    "SHAPES",
+    "DemoDataFiles",
+    "EasyVqaQuestion",
+    "caption_for",
+    "image_attributes",
+    "image_captions",
+    "load_split",
+    "write_demo_data",
+]
+
+# The package's 13 answers are these 8 colours, 3 shapes, and yes/no.
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+SHAPES = ("circle", "rectangle", "triangle")
+_COLOR_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
+_SHAPE_RE = re.compile(r"\b(" + "|".join(SHAPES) + r")\b")
+# Negated presence questions: "is there not a circle?", "does the image not contain ...", "is no rectangle present?"
+_NEGATION_RE = re.compile(r"\b(not|no)\b")
+
+
+@dataclass(frozen=True)
+class EasyVqaQuestion:
+    """One easy-VQA question: its index in the split (the `question_id`), text, answer and image."""
+
+    question_id: int
+    text: str
+    answer: str
+    image_id: int
+    image: str  # absolute path of the PNG
+
+
+def load_split(split: str, limit: int | None = None, seed: int = 0) -> list[EasyVqaQuestion]:
+    """Questions of the `train` or `test` split of the installed `easy-vqa` package, in the package's order.
+
+    `limit` keeps a fixed seeded sample (the same selection as the evaluation's built-in easy_vqa task).
+    """
+    records, folder = load_easy_vqa(split)
+    return [
+        EasyVqaQuestion(
+            question_id=record["question_id"],
+            text=record["text"],
+            answer=record["answer"],
+            image_id=int(Path(record["image"]).stem),
+            image=str((folder / record["image"]).resolve()),
+        )
+        for record in sample_records(records, limit, seed)
+    ]
+
+
+def image_attributes(qa_pairs: Iterable[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """Colour and shape of one image, deduced from its (question, answer) pairs.
+
+    Direct answers give an attribute ("what color is the triangle?" -> blue, and the shape is a triangle; "what is
+    the blue shape?" -> rectangle, and the colour is blue). Yes/no answers assert presence or absence of a mentioned
+    colour or shape, flipped by a negation ("is there not a red shape?" + "no" -> red). When only absences are known,
+    the attribute is the single value left, if one is.
+
+    Returns:
+        `(colour, shape)`, each None when the questions do not determine it.
+
+    Raises:
+        ValueError: when the pairs contradict each other (two colours, or a present value that is also absent).
+    """
+    present: dict[str, set[str]] = {"color": set(), "shape": set()}
+    absent: dict[str, set[str]] = {"color": set(), "shape": set()}
+    for question, answer in qa_pairs:
+        question = question.lower()
+        colors, shapes = _COLOR_RE.findall(question), _SHAPE_RE.findall(question)
+        if answer in COLORS or answer in SHAPES:
+            # The asked-about attribute is the answer; any attribute named in the question is present too.
+            present["color" if answer in COLORS else "shape"].add(answer)
+            present["color"].update(colors)
+            present["shape"].update(shapes)
+        elif answer in ("yes", "no"):
+            is_present = (answer == "yes") != bool(_NEGATION_RE.search(question))
+            target = present if is_present else absent
+            target["color"].update(colors)
+            target["shape"].update(shapes)
+        else:
+            raise ValueError(f"Unexpected easy-VQA answer {answer!r} to {question!r}")
+    result: list[str | None] = []
+    for kind, values in (("color", COLORS), ("shape", SHAPES)):
+        if len(present[kind]) > 1 or present[kind] & absent[kind]:
+            raise ValueError(f"Contradictory {kind} answers: present {present[kind]}, absent {absent[kind]}")
+        if present[kind]:
+            result.append(next(iter(present[kind])))
+            continue
+        left = [value for value in values if value not in absent[kind]]
+        result.append(left[0] if len(left) == 1 else None)
+    return result[0], result[1]
+
+
+def caption_for(color: str | None, shape: str | None) -> str:
+    """A short caption from what is known: "a blue rectangle", "a blue shape", "a rectangle" or "a shape"."""
+    if color and shape:
+        return f"a {color} {shape}"
+    if color:
+        return f"a {color} shape"
+    return f"a {shape}" if shape else "a shape"
+
+
+def image_captions(questions: Sequence[EasyVqaQuestion]) -> dict[int, tuple[str, str]]:
+    """`image_id -> (image path, caption)` for every image of `questions`, in order of first appearance."""
+    pairs: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    paths: dict[int, str] = {}
+    for question in questions:
+        pairs[question.image_id].append((question.text, question.answer))
+        paths.setdefault(question.image_id, question.image)
+    return {image_id: (paths[image_id], caption_for(*image_attributes(qa))) for image_id, qa in pairs.items()}
+
+
+@dataclass(frozen=True)
+class DemoDataFiles:
+    """Paths written by `write_demo_data`; the test files are the evaluation's own (`tinyllava_hf.eval.easy_vqa`)."""
+
+    pretrain: Path
+    finetune: Path
+    test_questions: Path
+    test_answers: Path
+    test_image_folder: Path
+    num_test_questions: int
+
+
+def write_demo_data(out_dir: str | Path, test_limit: int | None = None, seed: int = 0) -> DemoDataFiles:
+    """Write the pretrain/finetune training files and the test question/annotation files under `out_dir`.
+
+    Args:
+        out_dir: folder to write into (created).
+        test_limit: score a seeded sample of this many test questions; None writes the whole split (9,673).
+        seed: seed of the test sample.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = load_split("train")
+    pretrain = [
+        {
+            "id": f"pretrain-{image_id}",
+            "image": path,
+            # The pretrain template renders only the image and the caption; the instruction is for other templates.
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the image."},
+                {"from": "gpt", "value": caption},
+            ],
+        }
+        for image_id, (path, caption) in image_captions(train).items()
+    ]
+    finetune = [
+        {
+            "id": f"train-{question.question_id}",
+            "image": question.image,
+            "conversations": [
+                {"from": "human", "value": f"<image>\n{question.text}"},
+                {"from": "gpt", "value": question.answer},
+            ],
+        }
+        for question in train
+    ]
+    (out_dir / "pretrain.json").write_text(json.dumps(pretrain, indent=1), encoding="utf-8")
+    (out_dir / "finetune.json").write_text(json.dumps(finetune, indent=1), encoding="utf-8")
+    test = write_easy_vqa_files(out_dir / "easy_vqa_test", "test", limit=test_limit, seed=seed)
+    return DemoDataFiles(
+        pretrain=out_dir / "pretrain.json",
+        finetune=out_dir / "finetune.json",
+        test_questions=test.questions,
+        test_answers=test.annotations,
+        test_image_folder=test.image_folder,
+        num_test_questions=test.num_questions,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the easy-VQA demo's training data and test files.")
+    parser.add_argument("out_dir")
+    parser.add_argument("--test-limit", type=int, default=None, help="seeded sample of the test split (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    files = write_demo_data(args.out_dir, args.test_limit, args.seed)
+    for name in ("pretrain", "finetune", "test_questions", "test_answers", "test_image_folder"):
+        print(f"{name:18s} {getattr(files, name)}")
+    print(f"{'test questions':18s} {files.num_test_questions}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
