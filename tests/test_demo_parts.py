@@ -16,17 +16,31 @@ from tinyllava_hf.demo.data import (
     caption_for,
     image_attributes,
     image_captions,
+    image_labels,
     load_split,
     write_demo_data,
 )
-from tinyllava_hf.demo.parts import DEMO_TEMPLATE, SPECIAL_TOKENS, DemoPartsSpec, save_parts
+from tinyllava_hf.demo.parts import (
+    DEMO_TEMPLATE,
+    SPECIAL_TOKENS,
+    DemoPartsSpec,
+    build_vision_tower,
+    pretrain_vision_tower,
+    save_parts,
+)
 from tinyllava_hf.train.arguments import ModelArguments
 from tinyllava_hf.train.build import build_from_parts
 from tinyllava_hf.train.data import normalize_sample, read_records
 
 # Small models, the real tokenizer settings: the tokenizer properties below depend on its vocabulary size only.
 TINY_SPEC = DemoPartsSpec(
-    llm_hidden=32, llm_intermediate=64, llm_heads=2, llm_kv_heads=2, vision_hidden=32, vision_intermediate=64
+    llm_hidden=32,
+    llm_intermediate=64,
+    llm_heads=2,
+    llm_kv_heads=2,
+    vision_hidden=32,
+    vision_intermediate=64,
+    tower_pretrain_epochs=0,  # pretraining has a test of its own; here it would only cost time
 )
 
 
@@ -103,8 +117,13 @@ def test_caption_for_partial_knowledge():
 # ---------------------------------------------------------------------------------------------------------- data files
 
 
-def test_demo_data_files_are_well_formed(tmp_path):
-    files = write_demo_data(tmp_path, test_limit=50, seed=0)
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    return write_demo_data(tmp_path_factory.mktemp("demo_data"), test_limit=50, seed=0)
+
+
+def test_demo_data_files_are_well_formed(demo_data):
+    files = demo_data
 
     pretrain = json.loads(files.pretrain.read_text())
     assert len(pretrain) == 4000
@@ -134,9 +153,8 @@ def test_demo_data_files_are_well_formed(tmp_path):
     assert [q["question_id"] for q in questions] == [q.question_id for q in load_split("test", 50, seed=0)]
 
 
-def test_training_data_loads_through_the_train_pipeline(tmp_path):
-    files = write_demo_data(tmp_path, test_limit=10)
-    for path in (files.pretrain, files.finetune):
+def test_training_data_loads_through_the_train_pipeline(demo_data, tmp_path):
+    for path in (demo_data.pretrain, demo_data.finetune):
         records = read_records(path)[:5]
         rows = [normalize_sample(r, i, tmp_path, tmp_path) for i, r in enumerate(records)]
         assert all(len(row["images"]) == 1 and Path(row["images"][0]).is_file() for row in rows)
@@ -163,6 +181,26 @@ def test_parts_save_and_load_as_hf_folders(parts):
     assert pixels["pixel_values"].shape == (1, 3, 64, 64)
     grid = TINY_SPEC.image_size // TINY_SPEC.patch_size
     assert tower(**pixels).last_hidden_state.shape == (1, grid * grid, TINY_SPEC.vision_hidden)
+
+
+def test_parts_record_the_spec_and_the_tower_pretraining(parts):
+    report = json.loads((parts["llm"].parent / "parts.json").read_text())
+    assert report["spec"]["vision_hidden"] == TINY_SPEC.vision_hidden
+    assert report["vision_tower_pretraining"] == []
+
+
+def test_vision_tower_caption_pretraining_learns_and_skips_unknown_labels(train_questions):
+    labels = list(image_labels(train_questions).values())[:96]
+    labels.append((labels[0][0], None, None))  # nothing known: contributes no target, breaks nothing
+    tower, image_processor = build_vision_tower(TINY_SPEC)
+    before = {name: value.clone() for name, value in tower.state_dict().items()}
+    history = pretrain_vision_tower(tower, image_processor, labels, epochs=6, lr=3e-3, batch_size=32, log=None)
+    assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["color_accuracy"] > history[0]["color_accuracy"]
+    assert not tower.training
+    changed = [name for name, value in tower.state_dict().items() if not torch.equal(value, before[name])]
+    assert "embeddings.patch_embedding.weight" in changed
+    assert pretrain_vision_tower(tower, image_processor, labels, epochs=0) == []
 
 
 def test_tokenizer_keeps_prompts_short_and_answers_separate(parts):

@@ -4,7 +4,14 @@ import argparse
 from pathlib import Path
 
 # A shortened run for tests and smoke checks: a few optimisation steps, a small test sample.
-QUICK = dict(pretrain_max_steps=2, finetune_max_steps=4, max_train_samples=256, test_limit=24, eval_batch_size=24)
+QUICK = dict(
+    pretrain_max_steps=2,
+    finetune_max_steps=4,
+    max_train_samples=256,
+    test_limit=24,
+    eval_batch_size=24,
+    tower_pretrain_epochs=1,
+)
 
 
 def _demo(args: argparse.Namespace) -> int:

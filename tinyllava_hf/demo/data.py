@@ -36,6 +36,7 @@ __all__ = [
     "caption_for",
     "image_attributes",
     "image_captions",
+    "image_labels",
     "load_split",
     "write_demo_data",
 ]
@@ -130,14 +131,22 @@ def caption_for(color: str | None, shape: str | None) -> str:
     return f"a {shape}" if shape else "a shape"
 
 
-def image_captions(questions: Sequence[EasyVqaQuestion]) -> dict[int, tuple[str, str]]:
-    """`image_id -> (image path, caption)` for every image of `questions`, in order of first appearance."""
+def image_labels(questions: Sequence[EasyVqaQuestion]) -> dict[int, tuple[str, str | None, str | None]]:
+    """`image_id -> (image path, colour, shape)` for every image of `questions`, in order of first appearance."""
     pairs: dict[int, list[tuple[str, str]]] = defaultdict(list)
     paths: dict[int, str] = {}
     for question in questions:
         pairs[question.image_id].append((question.text, question.answer))
         paths.setdefault(question.image_id, question.image)
-    return {image_id: (paths[image_id], caption_for(*image_attributes(qa))) for image_id, qa in pairs.items()}
+    return {image_id: (paths[image_id], *image_attributes(qa)) for image_id, qa in pairs.items()}
+
+
+def image_captions(questions: Sequence[EasyVqaQuestion]) -> dict[int, tuple[str, str]]:
+    """`image_id -> (image path, caption)` for every image of `questions`, in order of first appearance."""
+    return {
+        image_id: (path, caption_for(color, shape))
+        for image_id, (path, color, shape) in image_labels(questions).items()
+    }
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from them the way `--llm/--vision-tower` does (LM and tower weights loaded from 
 then runs the two stages of the demo:
 
 1. pretrain: connector only (tower and LM frozen), `pretrain` template, one caption per train image;
-2. finetune: everything trainable, the processor's default (`llama`) template, one question per sample;
+2. finetune: LM and connector (and the tower with `--train-tower-in-finetune`), the processor's default (`llama`)
+   template, one question per sample (or several questions of one image with `--turns-per-sample`);
 
 and scores a seeded sample of test questions with batched greedy `generate` (left padding) through the processor's
 default chat template, with the real image and with a blank one (`blind_accuracy`). Prints samples/s of every phase,
@@ -14,7 +15,11 @@ the loss, and the accuracies, and appends one JSON line per run to `--log`.
 Batches are encoded like the training collator does (chat template with `return_assistant_tokens_mask=True`, labels
 only on the answer and its eos), on the fly, so the measured throughput includes data processing.
 
-    python -m tinyllava_hf.demo.explore --finetune-steps 600 --batch-size 64 --lr 1e-3
+    python -m tinyllava_hf.demo.explore --threads 1 --eval-every 250       # the chosen setting (defaults)
+    python -m tinyllava_hf.demo.explore --patch-size 8 --tower-pretrain-epochs 0 --train-tower-in-finetune
+
+Every `DemoPartsSpec` field is a flag (`--vision-hidden 256`, `--split-words true`, ...); results are appended to
+`--log` as JSON lines (`docs/demo_measurements.md` tabulates them).
 """
 
 import argparse
@@ -69,6 +74,7 @@ def assemble(
     model.model.language_model.load_state_dict(lm.model.state_dict())
     model.lm_head.load_state_dict(lm.lm_head.state_dict())
     model.model.vision_tower.load_state_dict(tower.state_dict())
+    model.tie_weights()  # no-op unless the LM ties its embeddings
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, processor
@@ -289,18 +295,24 @@ def evaluate(
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for spec_field in fields(DemoPartsSpec):
-        parser.add_argument(f"--{spec_field.name.replace('_', '-')}", type=int, default=spec_field.default)
+        flag = f"--{spec_field.name.replace('_', '-')}"
+        kind = type(spec_field.default)
+        convert = (lambda text: text.lower() in ("1", "true", "yes")) if kind is bool else kind
+        parser.add_argument(flag, type=convert, default=spec_field.default)
     parser.add_argument("--connector", default="mlp2x_gelu")
     parser.add_argument("--connector-num-queries", type=int, default=64, help="qformer/resampler outputs")
     parser.add_argument("--feature-layer", type=int, default=-1)
     parser.add_argument("--select-strategy", default="full", choices=("default", "full"))
-    parser.add_argument("--pretrain-steps", type=int, default=60)
+    parser.add_argument("--pretrain-steps", type=int, default=63, help="63 steps of 64: one epoch of captions")
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
-    parser.add_argument("--finetune-steps", type=int, default=600)
+    parser.add_argument("--finetune-steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=float, default=0.03, help="warmup fraction of each stage")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--turns-per-sample", type=int, default=1, help="questions of one image per sample")
+    parser.add_argument(
+        "--train-tower-in-finetune", dest="finetune_tower", action="store_true", help="tower trainable in stage 2"
+    )
     parser.add_argument("--eval-size", type=int, default=500)
     parser.add_argument("--eval-batch-size", type=int, default=250)
     parser.add_argument("--eval-every", type=int, default=0, help="also score after every N finetune steps")
@@ -323,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         parts_dir = args.parts_dir or Path(tmp)
         start = time.perf_counter()
-        save_parts(parts_dir, spec)
+        saved = parts_dir / "parts.json"
+        if not (saved.is_file() and json.loads(saved.read_text())["spec"] == asdict(spec)):
+            save_parts(parts_dir, spec)  # else: the same parts are already there (--parts-dir), reuse them
         model, processor = assemble(
             parts_dir, args.connector, args.feature_layer, args.select_strategy, args.connector_num_queries
         )
@@ -360,9 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             args.warmup,
             args.seed,
         )
-    # Stage 2: everything.
-    for param in model.parameters():
-        param.requires_grad = True
+    # Stage 2: everything, or everything but the tower.
+    for name, param in model.named_parameters():
+        param.requires_grad = args.finetune_tower or not name.startswith("model.vision_tower.")
     curve: list[dict[str, Any]] = []
 
     def score_now(step: int, loss: float) -> None:
