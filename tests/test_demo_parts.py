@@ -193,11 +193,13 @@ def test_vision_tower_caption_pretraining_learns_and_skips_unknown_labels(train_
     labels = list(image_labels(train_questions).values())[:96]
     labels.append((labels[0][0], None, None))  # nothing known: contributes no target, breaks nothing
     tower, image_processor = build_vision_tower(TINY_SPEC)
+    threads = torch.get_num_threads()
     before = {name: value.clone() for name, value in tower.state_dict().items()}
     history = pretrain_vision_tower(tower, image_processor, labels, epochs=6, lr=3e-3, batch_size=32, log=None)
     assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["color_accuracy"] > history[0]["color_accuracy"]
     assert not tower.training
+    assert torch.get_num_threads() == threads  # trained on one thread, the caller's setting restored
     changed = [name for name, value in tower.state_dict().items() if not torch.equal(value, before[name])]
     assert "embeddings.patch_embedding.weight" in changed
     assert pretrain_vision_tower(tower, image_processor, labels, epochs=0) == []
