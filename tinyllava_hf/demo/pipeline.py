@@ -222,9 +222,9 @@ def run_demo(settings: DemoSettings) -> dict:
     return results
 
 
-def _fraction(percent_or_fraction: float) -> float:
+def _fraction(percent: float) -> float:
     """The scorers report percentages (0-100); eval_results.json holds fractions (0-1)."""
-    return round(percent_or_fraction / 100.0, 6)
+    return round(percent / 100.0, 6)
 
 
 def _card_info(results: dict, histories: dict[str, list[dict]], timings: dict[str, float]) -> CardInfo:

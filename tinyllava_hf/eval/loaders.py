@@ -193,27 +193,38 @@ def _answer_strings(answers: Any, where: str) -> list[str]:
     return out
 
 
-def load_vqav2_annotations(path: PathLike) -> dict[str, dict[str, Any]]:
-    """Load a VQAv2 annotation file (``v2_mscoco_val2014_annotations.json``: ``annotations[].answers[].answer``)."""
-    data = _expect_dict(read_json(path), path, "an object with an 'annotations' list (VQAv2 annotation file)")
-    entries = data.get("annotations")
+def _load_answer_lists(
+    path: PathLike, list_key: str, expected: str, missing_hint: str, extra_fields: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
+    """The shared reader of VQAv2/TextVQA-style files: `list_key` holds entries with `question_id` and ten human
+    `answers`; `extra_fields` are copied into each record as they are."""
+    data = _expect_dict(read_json(path), path, expected)
+    entries = data.get(list_key)
     if not isinstance(entries, list):
-        raise EvalDataError(f"{path}: no 'annotations' list (is this the VQAv2 annotation file, not the questions?)")
+        raise EvalDataError(f"{path}: no '{list_key}' list ({missing_hint})")
     out: dict[str, dict[str, Any]] = {}
     for index, entry in enumerate(entries):
         where = f"{path}: entry {index}"
         if not isinstance(entry, dict) or entry.get("question_id") is None:
             raise EvalDataError(f"{where} has no 'question_id'")
         where = _describe(where, entry)
-        record = {
-            "answers": _answer_strings(entry.get("answers"), where),
-            "answer_type": entry.get("answer_type"),
-            "question_type": entry.get("question_type"),
-        }
+        record = {"answers": _answer_strings(entry.get("answers"), where)}
+        record.update({name: entry.get(name) for name in extra_fields})
         _add(out, str(entry["question_id"]), record, where)
     if not out:
-        raise EvalDataError(f"{path}: 'annotations' is empty")
+        raise EvalDataError(f"{path}: '{list_key}' is empty")
     return out
+
+
+def load_vqav2_annotations(path: PathLike) -> dict[str, dict[str, Any]]:
+    """Load a VQAv2 annotation file (``v2_mscoco_val2014_annotations.json``: ``annotations[].answers[].answer``)."""
+    return _load_answer_lists(
+        path,
+        "annotations",
+        "an object with an 'annotations' list (VQAv2 annotation file)",
+        "is this the VQAv2 annotation file, not the questions?",
+        ("answer_type", "question_type"),
+    )
 
 
 def load_textvqa_annotations(path: PathLike) -> dict[str, dict[str, Any]]:
@@ -222,25 +233,13 @@ def load_textvqa_annotations(path: PathLike) -> dict[str, dict[str, Any]]:
     ``image_id`` and ``question`` are kept because LLaVA's TextVQA question file uses the image id as its
     ``question_id``; the scorer then matches on (image id, question text) like LLaVA's ``eval_textvqa``.
     """
-    data = _expect_dict(read_json(path), path, "an object with a 'data' list (TextVQA annotation file)")
-    entries = data.get("data")
-    if not isinstance(entries, list):
-        raise EvalDataError(f"{path}: no 'data' list (is this TextVQA_0.5.1_val.json?)")
-    out: dict[str, dict[str, Any]] = {}
-    for index, entry in enumerate(entries):
-        where = f"{path}: entry {index}"
-        if not isinstance(entry, dict) or entry.get("question_id") is None:
-            raise EvalDataError(f"{where} has no 'question_id'")
-        where = _describe(where, entry)
-        record = {
-            "answers": _answer_strings(entry.get("answers"), where),
-            "image_id": entry.get("image_id"),
-            "question": entry.get("question"),
-        }
-        _add(out, str(entry["question_id"]), record, where)
-    if not out:
-        raise EvalDataError(f"{path}: 'data' is empty")
-    return out
+    return _load_answer_lists(
+        path,
+        "data",
+        "an object with a 'data' list (TextVQA annotation file)",
+        "is this TextVQA_0.5.1_val.json?",
+        ("image_id", "question"),
+    )
 
 
 def load_gqa_annotations(path: PathLike) -> dict[str, dict[str, Any]]:
