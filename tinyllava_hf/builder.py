@@ -5,10 +5,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .chat_templates import get_chat_template, list_chat_templates
 from .configuration_tinyllava import TinyLlavaConfig
+from .constants import AUDIO_TOKEN, IMAGE_TOKEN
 from .processing_tinyllava import TinyLlavaAudioProcessor, TinyLlavaProcessor
-
-IMAGE_TOKEN = "<image>"
-AUDIO_TOKEN = "<audio>"
 
 
 def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase, audio: bool = False) -> dict[str, int]:

@@ -27,6 +27,8 @@ from typing import Any
 
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from .constants import AUDIO_TOKEN, IMAGE_TOKEN
+
 __all__ = [
     "AUDIO_TOKEN",
     "DEFAULT_SYSTEM_PROMPT",
@@ -37,9 +39,6 @@ __all__ = [
     "render_chat_template",
     "upstream_conversation_to_messages",
 ]
-
-IMAGE_TOKEN = "<image>"
-AUDIO_TOKEN = "<audio>"
 
 # Upstream's system sentence (identical in its phi/llama/gemma/qwen2 templates); the templates append one space.
 DEFAULT_SYSTEM_PROMPT = (

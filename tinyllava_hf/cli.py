@@ -1,43 +1,121 @@
-"""The `tinyllava-hf` command line: one subcommand family per module, each exposing `register(subparsers)`.
+"""The `tinyllava-hf` command line: one registry of commands, each parser defined once by its module.
 
-Usage:
     tinyllava-hf --help
-    tinyllava-hf <subcommand> --help
+    tinyllava-hf <command> --help
+    python -m tinyllava_hf <command> ...      # the same, for launchers: torchrun -m tinyllava_hf train ...
+
+Each command has one parser factory, `make_<command>_parser(subparsers=None)` in its area's `cli.py` (TRL's
+`make_parser` pattern): given the top-level subparsers it adds its parser there, otherwise it returns a stand-alone
+`ArgumentParser`. The parser's `func` default takes the parsed
+arguments and returns an exit code. Only the module of the command being run is imported, so `--help` stays fast
+and optional stacks (trl, deepspeed, bitsandbytes, matplotlib) load only when a command uses them.
+
+Flags are spelt with dashes (`--output-dir`); the underscore spelling (`--output_dir`, as TRL and transformers write
+their own options) is accepted by every command too.
 """
+
+from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from dataclasses import dataclass
 
 from . import __version__
 
-# Modules that contribute subcommands. Each defines `register(subparsers)`, adding parsers whose `func` default takes
-# the parsed arguments and returns an exit code.
-SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "tinyllava_hf.train.cli",
-    "tinyllava_hf.convert.cli",
-    "tinyllava_hf.eval.cli",
-    "tinyllava_hf.demo.cli",
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    parser_factory: str  # "module:function", the function taking `subparsers=None`
+    summary: str  # the line `tinyllava-hf --help` shows
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "train",
+        "tinyllava_hf.train.cli:make_train_parser",
+        "train (pretrain/finetune) from a recipe YAML with TRL's SFTTrainer",
+    ),
+    Command(
+        "merge-lora", "tinyllava_hf.train.cli:make_merge_lora_parser", "merge a LoRA/QLoRA adapter into its base model"
+    ),
+    Command(
+        "convert", "tinyllava_hf.convert.cli:make_convert_parser", "convert an upstream TinyLLaVA Factory checkpoint"
+    ),
+    Command(
+        "export-llava",
+        "tinyllava_hf.convert.cli:make_export_llava_parser",
+        "export a checkpoint as a native transformers `llava` one",
+    ),
+    Command(
+        "import-llava",
+        "tinyllava_hf.convert.cli:make_import_llava_parser",
+        "import a native transformers `llava` checkpoint",
+    ),
+    Command(
+        "eval",
+        "tinyllava_hf.eval.cli:make_eval_parser",
+        "run, score and report benchmarks (tasks | run | score | report)",
+    ),
+    Command(
+        "demo",
+        "tinyllava_hf.demo.cli:make_demo_parser",
+        "build, train and score a TinyLLaVA on easy-VQA, on CPU, offline",
+    ),
 )
+COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
+# Commands whose parser reads the underscore spelling itself (transformers' HfArgumentParser accepts both).
+_OWN_FLAG_SPELLING = frozenset({"train"})
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinyllava-hf", description=__doc__.splitlines()[0])
+def _epilog() -> str:
+    width = max(len(command.name) for command in COMMANDS)
+    lines = [f"  {command.name.ljust(width)}  {command.summary}" for command in COMMANDS]
+    return "commands:\n" + "\n".join(lines) + "\n\nflags take dashes or underscores: --output-dir = --output_dir"
+
+
+def make_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser, with the parser of `command` (only that one: others are not imported) added."""
+    parser = argparse.ArgumentParser(
+        prog="tinyllava-hf",
+        description=__doc__.splitlines()[0],
+        usage="tinyllava-hf [--version] <command> [<args>]",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"tinyllava-hf {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="<subcommand>")
-    for module_name in SUBCOMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    if command in COMMANDS_BY_NAME:
+        module_name, function_name = COMMANDS_BY_NAME[command].parser_factory.split(":")
+        getattr(importlib.import_module(module_name), function_name)(subparsers)
     return parser
 
 
+def normalise_flags(argv: list[str]) -> list[str]:
+    """`--output_dir VALUE` -> `--output-dir VALUE` (and `--a_b=V` -> `--a-b=V`); values are left alone."""
+    normalised = []
+    for arg in argv:
+        if arg == "--":
+            normalised.extend(argv[len(normalised) :])
+            break
+        if arg.startswith("--") and "_" in arg.split("=", 1)[0]:
+            name, sep, value = arg.partition("=")
+            arg = name.replace("_", "-") + sep + value
+        normalised.append(arg)
+    return normalised
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    if command is not None and command in COMMANDS_BY_NAME and command not in _OWN_FLAG_SPELLING:
+        argv = [command, *normalise_flags(argv[1:])]
+    parser = make_parser(command)
+    if command is not None and not command.startswith("-") and command not in COMMANDS_BY_NAME:
+        parser.error(f"unknown command {command!r}; the commands are: {', '.join(COMMANDS_BY_NAME)}")
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
     return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,6 +11,9 @@ from transformers import ProcessorMixin
 from transformers.image_utils import make_flat_list_of_images, to_numpy_array
 
 IMAGE_ASPECT_RATIOS = ("square", "pad")
+# The placeholder strings that mark media in prompts (the rest of the package imports them from `constants`).
+IMAGE_TOKEN = "<image>"
+AUDIO_TOKEN = "<audio>"
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
@@ -53,7 +56,7 @@ class TinyLlavaProcessor(ProcessorMixin):
         chat_template: str | None = None,
         num_image_tokens: int = 1,
         image_aspect_ratio: str = "square",
-        image_token: str = "<image>",
+        image_token: str = IMAGE_TOKEN,
         **kwargs,
     ):
         self._set_image_settings(tokenizer, num_image_tokens, image_aspect_ratio, image_token)
@@ -135,9 +138,9 @@ class TinyLlavaAudioProcessor(TinyLlavaProcessor):
         chat_template: str | None = None,
         num_image_tokens: int = 1,
         image_aspect_ratio: str = "square",
-        image_token: str = "<image>",
+        image_token: str = IMAGE_TOKEN,
         num_audio_tokens: int = 1,
-        audio_token: str = "<audio>",
+        audio_token: str = AUDIO_TOKEN,
         **kwargs,
     ):
         self._set_image_settings(tokenizer, num_image_tokens, image_aspect_ratio, image_token)
