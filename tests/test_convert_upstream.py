@@ -32,8 +32,8 @@ from transformers import (
 import tinyllava_hf  # noqa: F401  (registers the tinyllava Auto classes)
 from tinyllava_hf import TinyLlavaConfig, TinyLlavaForConditionalGeneration
 from tinyllava_hf.chat_templates import upstream_conversation_to_messages
+from tinyllava_hf.cli import main as cli
 from tinyllava_hf.convert import ConversionError, convert_upstream
-from tinyllava_hf.convert.cli import register
 from tinyllava_hf.convert.upstream import (
     TEXT_CONFIG_DEFAULTS_440,
     VISION_CONFIG_DEFAULTS_440,
@@ -527,20 +527,11 @@ def test_qwen2_checkpoints_without_remote_code_convert(tmp_path: Path):
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 
-def _cli(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="tinyllava-hf")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
 def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture):
     src = FIXTURES / "case4_tinyllama_clip_qformer" / "checkpoint"
-    assert _cli(["convert", str(src), str(tmp_path / "out"), "--qformer-heads", "4", "--template", "llama"]) == 0
+    assert cli(["convert", str(src), str(tmp_path / "out"), "--qformer-heads", "4", "--template", "llama"]) == 0
     assert "wrote tinyllava-hf checkpoint" in capsys.readouterr().out
     assert AutoModelForImageTextToText.from_pretrained(tmp_path / "out").config.connector_num_heads == 4
-    assert _cli(["convert", str(src), str(tmp_path / "bad"), "--template", "vicuna"]) == 1
+    assert cli(["convert", str(src), str(tmp_path / "bad"), "--template", "vicuna"]) == 1
     assert "error: Unknown TinyLLaVA chat template 'vicuna'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

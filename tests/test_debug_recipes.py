@@ -3,7 +3,6 @@
 pretrain stage first and each finetune variant after it; plus the 2-process CPU launch through
 `recipes/accelerate_configs/cpu_2proc.yaml` (DeepSpeed ZeRO-3 on gloo)."""
 
-import argparse
 import json
 import math
 import os
@@ -16,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinyllava_hf.train.cli import register
-from tinyllava_hf.train.tiny_parts import save_tiny_parts
+from tinyllava_hf.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 DEBUG = REPO / "recipes" / "debug"
@@ -25,13 +23,6 @@ PRETRAIN = DEBUG / "pretrain" / "config_siglip_llama.yaml"
 FINETUNE_RECIPES = sorted((DEBUG / "finetune").glob("config_*.yaml"))
 
 pytestmark = pytest.mark.slow
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tinyllava-hf")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def losses(output_dir: Path) -> list[float]:
@@ -44,10 +35,11 @@ def output_dir_of(recipe: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(parts, tmp_path_factory):
     """A scratch working directory with the tiny parts where the recipes expect them (`outputs/tiny_parts`)."""
     root = tmp_path_factory.mktemp("debug_recipes")
-    save_tiny_parts(root / "outputs" / "tiny_parts")
+    (root / "outputs").mkdir()
+    (root / "outputs" / "tiny_parts").symlink_to(parts["llm"].parent)  # what `tinyllava-hf tiny-parts` writes
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # the recipes' relative paths resolve here, and their outputs land here
         yield root
@@ -103,7 +95,7 @@ def test_accelerate_cpu_2proc_config_runs_zero3_on_two_processes(pretrained, wor
     command = [
         *(sys.executable, "-m", "accelerate.commands.launch"),
         *("--config_file", "recipes/accelerate_configs/cpu_2proc.yaml", "--main_process_port", str(free_port())),
-        *("-m", "tinyllava_hf.train.trainer", "--config", "recipes/debug/finetune/config_full.yaml"),
+        *("-m", "tinyllava_hf", "train", "--config", "recipes/debug/finetune/config_full.yaml"),
         *("--model_name_or_path", str(pretrained), "--data_path", str(mixed)),
         *("--image_folder", str(workspace / "outputs/tiny_parts/data"), "--output_dir", str(out)),
         *("--max_steps", "2", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1"),

@@ -10,7 +10,6 @@ import pytest
 from tinyllava_hf.eval.loaders import (
     EvalDataError,
     UnknownTaskError,
-    load_annotations,
     load_easy_vqa_annotations,
     load_gqa_annotations,
     load_mme_annotations,
@@ -24,6 +23,7 @@ from tinyllava_hf.eval.loaders import (
     load_vqav2_annotations,
     mme_key,
 )
+from tinyllava_hf.eval.tasks import load_annotations
 
 
 def write_json(path: Path, data: object) -> Path:

@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 
 from tinyllava_hf.eval import UnknownTaskError, main_metric, render_report, score_file
-from tinyllava_hf.eval.report import MAIN_METRICS
-from tinyllava_hf.eval.score import main, write_json_atomic
-from tinyllava_hf.eval.scorers import list_scorers
+from tinyllava_hf.eval.cli import make_eval_parser
+from tinyllava_hf.eval.tasks import TASKS, list_tasks
+from tinyllava_hf.files import write_json_atomic
+
+
+def main(argv: list[str]) -> int:
+    """``tinyllava-hf eval score ARGV`` (what ``python -m tinyllava_hf.eval.score ARGV`` was)."""
+    args = make_eval_parser().parse_args(["score", *argv])
+    return args.func(args)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -123,7 +129,8 @@ def test_cli_main(gqa_files: tuple[Path, Path], tmp_path: Path) -> None:
 
 
 def test_main_metrics_cover_every_scorer() -> None:
-    assert sorted(MAIN_METRICS) == list_scorers()
+    main_metrics = {name: spec.main_metrics for name, spec in TASKS.items() if spec.main_metrics}
+    assert sorted(main_metrics) == list_tasks()
 
 
 @pytest.mark.parametrize(

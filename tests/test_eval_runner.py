@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import torch
-from tiny import random_image, scramble, tiny_config, tiny_processor
 
 import tinyllava_hf.cli
 from tinyllava_hf import TinyLlavaForConditionalGeneration
 from tinyllava_hf.eval.loaders import EvalDataError
 from tinyllava_hf.eval.runner import BLANK_IMAGE_TAG, ImageLoadError, read_answer_file, run_eval
 from tinyllava_hf.eval.tasks import SHORT_ANSWER
+from tinyllava_hf.testing_utils import random_image, scramble, tiny_config, tiny_processor
 
 # Different lengths, so batches really are left-padded; one text-only question mixes image and text rows.
 QUESTIONS = [
@@ -268,10 +268,9 @@ def test_blank_image_mode(model_and_processor, bench, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch):
-    """``tinyllava-hf`` with the eval subcommands registered (whether or not cli.py lists the module yet)."""
-    modules = tuple(dict.fromkeys((*tinyllava_hf.cli.SUBCOMMAND_MODULES, "tinyllava_hf.eval.cli")))
-    monkeypatch.setattr(tinyllava_hf.cli, "SUBCOMMAND_MODULES", modules)
+def cli():
+    """``tinyllava-hf``, whose command registry builds the ``eval`` parser with ``make_eval_parser``."""
+    assert tinyllava_hf.cli.COMMANDS_BY_NAME["eval"].parser_factory == "tinyllava_hf.eval.cli:make_eval_parser"
     return tinyllava_hf.cli.main
 
 

@@ -13,8 +13,6 @@ from tinyllava_hf.eval.scorers import (
     build_mmvet_prompt,
     eval_multi_choice,
     eval_open,
-    get_scorer,
-    list_scorers,
     match_predictions,
     mme_yes_no,
     parse_mmvet_score,
@@ -35,6 +33,7 @@ from tinyllava_hf.eval.scorers import (
     vqa_soft_accuracy,
     vqav2_accuracy,
 )
+from tinyllava_hf.eval.tasks import get_task, list_tasks
 from tinyllava_hf.eval.vqa_normalize import evalai_normalize, normalize_answer, process_punctuation
 
 
@@ -502,16 +501,14 @@ def test_match_predictions_counts_duplicates_and_keeps_first() -> None:
 
 
 def test_registry_exact_names() -> None:
-    assert list_scorers() == sorted(
-        ["vqav2", "textvqa", "gqa", "pope", "mme", "scienceqa", "mmmu", "mmvet", "easy_vqa"]
-    )
-    assert get_scorer("gqa") is score_gqa
+    assert list_tasks() == sorted(["vqav2", "textvqa", "gqa", "pope", "mme", "scienceqa", "mmmu", "mmvet", "easy_vqa"])
+    assert get_task("gqa").scorer is score_gqa
     for bad in ("GQA", "vqa", "pope_adversarial"):  # no case folding, no substring matching
         with pytest.raises(UnknownTaskError) as info:
-            get_scorer(bad)
+            get_task(bad)
         assert "vqav2" in str(info.value) and repr(bad) in str(info.value)
     # Catchable as either KeyError or ValueError.
     with pytest.raises(KeyError):
-        get_scorer("nope")
+        get_task("nope")
     with pytest.raises(ValueError):
-        get_scorer("nope")
+        get_task("nope")

@@ -7,17 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tinyllava_hf.eval import UnknownTaskError, load_annotations
-from tinyllava_hf.eval.easy_vqa import (
+from tinyllava_hf.easy_vqa import (
     answer_category,
     default_data_dir,
     load_easy_vqa,
     sample_records,
     write_easy_vqa_files,
 )
-from tinyllava_hf.eval.loaders import ANNOTATION_LOADERS, EvalDataError
-from tinyllava_hf.eval.report import MAIN_METRICS
-from tinyllava_hf.eval.scorers import SCORERS, list_scorers
+from tinyllava_hf.eval import UnknownTaskError, load_annotations, loaders, scorers
+from tinyllava_hf.eval.loaders import EvalDataError
 from tinyllava_hf.eval.tasks import (
     OPTION_LETTER,
     SHORT_ANSWER,
@@ -44,16 +42,17 @@ EXPECTED_TASKS = ["easy_vqa", "gqa", "mme", "mmmu", "mmvet", "pope", "scienceqa"
 
 def test_registry_names_match_the_scorers() -> None:
     assert list_tasks() == EXPECTED_TASKS
-    assert list_tasks() == list_scorers()  # every scorer can be run, every task can be scored
+    scorer_names = sorted(name.removeprefix("score_") for name in dir(scorers) if name.startswith("score_"))
+    assert list_tasks() == scorer_names  # every scorer can be run, every task can be scored
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_pairs_with_an_existing_scorer_loader_and_prompt(name: str) -> None:
     spec = get_task(name)
     assert spec.name == name
-    assert spec.scorer in SCORERS
-    assert spec.annotation_loader in ANNOTATION_LOADERS
-    assert spec.scorer in MAIN_METRICS  # the report has a headline metric for it
+    assert spec.scorer is getattr(scorers, f"score_{name}")
+    assert spec.annotation_loader is getattr(loaders, f"load_{name}_annotations")
+    assert spec.main_metrics  # the report has a headline metric for it
     assert spec.max_new_tokens >= 1
     # Suffixes are the two upstream response-format prompts, verbatim (or none for open-ended / demo tasks).
     suffixes = [spec.prompt_suffix, *spec.prompt_suffix_by_type.values()]

@@ -4,10 +4,10 @@ from threading import Thread
 
 import pytest
 import torch
-from tiny import random_audio, random_image, scramble, tiny_config, tiny_processor
 from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
 
 from tinyllava_hf import TinyLlavaAudioProcessor, TinyLlavaForConditionalGeneration
+from tinyllava_hf.testing_utils import random_audio, random_image, scramble, tiny_config, tiny_processor
 
 CONVERSATIONS = [
     [

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny import random_image, tiny_config, tiny_image_processor, tiny_tokenizer
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
 import tinyllava_hf  # noqa: F401  (registers the tinyllava Auto classes)
 from tinyllava_hf import TinyLlavaForConditionalGeneration
 from tinyllava_hf.builder import build_processor
 from tinyllava_hf.chat_templates import get_chat_template, upstream_conversation_to_messages
+from tinyllava_hf.cli import main as cli
 from tinyllava_hf.convert import ConversionError, convert_upstream, export_llava, import_llava
-from tinyllava_hf.convert.cli import register
 from tinyllava_hf.convert.llava_export import check_llava_expressible
+from tinyllava_hf.testing_utils import random_image, tiny_config, tiny_image_processor, tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 
@@ -197,20 +197,11 @@ def test_export_refusal_writes_nothing(tmp_path: Path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["src"]
 
 
-def _cli(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="tinyllava-hf")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
 def test_cli_export_and_import(tmp_path: Path, capsys: pytest.CaptureFixture):
     src = _save_tinyllava(tmp_path / "src", "llama", "siglip", "default", -2, "pad")
-    assert _cli(["export-llava", str(src), str(tmp_path / "llava")]) == 0
-    assert _cli(["import-llava", str(tmp_path / "llava"), str(tmp_path / "back")]) == 0
+    assert cli(["export-llava", str(src), str(tmp_path / "llava")]) == 0
+    assert cli(["import-llava", str(tmp_path / "llava"), str(tmp_path / "back")]) == 0
     assert "wrote llava checkpoint" in capsys.readouterr().out
-    assert _cli(["import-llava", str(tmp_path / "llava"), str(tmp_path / "back")]) == 1  # exists
+    assert cli(["import-llava", str(tmp_path / "llava"), str(tmp_path / "back")]) == 1  # exists
     assert "already exists" in capsys.readouterr().err
-    assert _cli(["export-llava", str(tmp_path / "back"), str(tmp_path / "llava2"), "--overwrite"]) == 0
+    assert cli(["export-llava", str(tmp_path / "back"), str(tmp_path / "llava2"), "--overwrite"]) == 0

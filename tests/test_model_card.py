@@ -2,10 +2,10 @@
 
 import pytest
 from huggingface_hub import ModelCard
-from tiny import tiny_config, tiny_processor
 
 from tinyllava_hf import TinyLlavaForConditionalGeneration
 from tinyllava_hf.hub import CardInfo, EvaluationEntry, TrainingStage, render_model_card, write_model_card
+from tinyllava_hf.testing_utils import tiny_config, tiny_processor
 
 
 def card_info(**overrides) -> CardInfo:

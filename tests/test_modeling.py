@@ -5,21 +5,21 @@ import re
 
 import pytest
 import torch
-from tiny import (
-    CONNECTOR_SETTINGS,
-    TEXT_CONFIGS,
-    VISION_CONFIGS,
-    tiny_config,
-    tiny_tokenizer,
-)
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from tinyllava_hf import TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaModel
 from tinyllava_hf.configuration_tinyllava import CONNECTOR_NAMES
 from tinyllava_hf.connectors_tinyllava import CONNECTORS, build_connector, list_connectors
+from tinyllava_hf.testing_utils import (
+    CONNECTOR_SETTINGS,
+    TEXT_FAMILIES,
+    VISION_TOWERS,
+    tiny_config,
+    tiny_tokenizer,
+)
 
-FAMILIES = list(TEXT_CONFIGS)
-TOWERS = list(VISION_CONFIGS)
+FAMILIES = list(TEXT_FAMILIES)
+TOWERS = list(VISION_TOWERS)
 CONNECTORS_UNDER_TEST = list(CONNECTOR_SETTINGS)
 MATRIX = [(f, t, c) for f in FAMILIES for t in TOWERS for c in CONNECTORS_UNDER_TEST] + [
     (f, "clip+dinov2", "mof") for f in FAMILIES

@@ -3,9 +3,15 @@
 import numpy as np
 import pytest
 import torch
-from tiny import (
+from transformers import AutoProcessor, pipeline
+
+from tinyllava_hf import TinyLlavaAudioProcessor, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from tinyllava_hf.builder import build_processor
+from tinyllava_hf.chat_templates import get_chat_template, list_chat_templates
+from tinyllava_hf.processing_tinyllava import expand_to_square
+from tinyllava_hf.testing_utils import (
     CONNECTOR_SETTINGS,
-    VISION_CONFIGS,
+    VISION_TOWERS,
     random_audio,
     random_image,
     scramble,
@@ -16,12 +22,6 @@ from tiny import (
     tiny_processor,
     tiny_tokenizer,
 )
-from transformers import AutoProcessor, pipeline
-
-from tinyllava_hf import TinyLlavaAudioProcessor, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
-from tinyllava_hf.builder import build_processor
-from tinyllava_hf.chat_templates import get_chat_template, list_chat_templates
-from tinyllava_hf.processing_tinyllava import expand_to_square
 
 
 def image_turn(text: str = "What shape?", *images) -> dict:
@@ -32,7 +32,7 @@ def image_turn(text: str = "What shape?", *images) -> dict:
     }
 
 
-@pytest.mark.parametrize("tower", list(VISION_CONFIGS))
+@pytest.mark.parametrize("tower", list(VISION_TOWERS))
 @pytest.mark.parametrize("connector", [*CONNECTOR_SETTINGS, "mof"])
 @pytest.mark.parametrize("strategy", ["default", "full"])
 def test_each_image_expands_to_the_models_token_count(tower, connector, strategy):

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 import torch
-from tiny import random_audio, random_image, scramble, tiny_config, tiny_processor
 
 from tinyllava_hf import TinyLlavaForConditionalGeneration
+from tinyllava_hf.testing_utils import random_audio, random_image, scramble, tiny_config, tiny_processor
 
 pytestmark = pytest.mark.subprocess
 

@@ -8,16 +8,11 @@ import pytest
 import torch
 
 from tinyllava_hf.chat_templates import get_chat_template
+from tinyllava_hf.constants import IGNORE_INDEX
 from tinyllava_hf.train.arguments import ModelArguments
 from tinyllava_hf.train.build import build_from_parts
-from tinyllava_hf.train.collator import IGNORE_INDEX, OverlengthError, TinyLlavaCollator, filter_overlength
+from tinyllava_hf.train.collator import OverlengthError, TinyLlavaCollator, filter_overlength
 from tinyllava_hf.train.data import BadSampleError, load_dataset_files
-from tinyllava_hf.train.tiny_parts import save_tiny_parts
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    return save_tiny_parts(tmp_path_factory.mktemp("parts"))
 
 
 @pytest.fixture(scope="module")

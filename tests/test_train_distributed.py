@@ -15,8 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tinyllava_hf.train.tiny_parts import save_tiny_parts
-
 pytest.importorskip("deepspeed")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,8 +28,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_zero3_two_processes_with_a_text_only_rank(tmp_path):
-    parts = save_tiny_parts(tmp_path / "parts")
+def test_zero3_two_processes_with_a_text_only_rank(parts, tmp_path):
     records = json.loads(parts["finetune"].read_text())
     data = tmp_path / "mixed.json"
     data.write_text(json.dumps([records[0], records[-1]]))  # an image sample and a text-only one
@@ -45,7 +42,8 @@ def test_zero3_two_processes_with_a_text_only_rank(tmp_path):
         "--master_port",
         str(free_port()),
         "-m",
-        "tinyllava_hf.train.trainer",
+        "tinyllava_hf",
+        "train",
         "--config",
         str(REPO / "recipes" / "debug" / "finetune" / "config_full.yaml"),
         "--model_name_or_path",

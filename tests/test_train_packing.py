@@ -7,20 +7,15 @@ import math
 import pytest
 import torch
 
+from tinyllava_hf.constants import IGNORE_INDEX
 from tinyllava_hf.train.arguments import DataArguments, ModelArguments
 from tinyllava_hf.train.build import build_from_parts
-from tinyllava_hf.train.collator import IGNORE_INDEX, TinyLlavaCollator
+from tinyllava_hf.train.collator import TinyLlavaCollator
 from tinyllava_hf.train.data import load_dataset_files
 from tinyllava_hf.train.packing import pack_samples, segment_lengths
-from tinyllava_hf.train.tiny_parts import save_tiny_parts
 from tinyllava_hf.train.trainer import run_training
 
 ATTENTION = ("sdpa", "eager")
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    return save_tiny_parts(tmp_path_factory.mktemp("parts"))
 
 
 @pytest.fixture(scope="module")

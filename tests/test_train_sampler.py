@@ -129,15 +129,13 @@ def test_add_length_columns_measures_every_row():
     assert sorted(sampler) == [0, 1]
 
 
-def test_trainer_batches_are_single_modality(tmp_path_factory):
+def test_trainer_batches_are_single_modality(parts, tmp_path_factory):
     """Through run_training: the train data loader yields batches that are all-image or all-text."""
     from trl import SFTConfig
 
     from tinyllava_hf.train.arguments import DataArguments, ModelArguments
-    from tinyllava_hf.train.tiny_parts import save_tiny_parts
     from tinyllava_hf.train.trainer import run_training
 
-    parts = save_tiny_parts(tmp_path_factory.mktemp("parts"))
     out = tmp_path_factory.mktemp("out")
     config = SFTConfig(
         output_dir=str(out),

@@ -1,7 +1,6 @@
 """End to end with TRL's SFTTrainer: a few steps change exactly the trainable weights, the saved checkpoint reloads
 through the Auto classes with remote code and identical logits, merge-lora is exact, and resuming is exact."""
 
-import argparse
 import math
 import shutil
 from pathlib import Path
@@ -12,18 +11,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 from trl import SFTConfig
 
+from tinyllava_hf.cli import main as cli
 from tinyllava_hf.train.arguments import DataArguments, ModelArguments
 from tinyllava_hf.train.build import build_from_parts
-from tinyllava_hf.train.cli import register
 from tinyllava_hf.train.collator import TinyLlavaCollator
 from tinyllava_hf.train.data import load_dataset_files
-from tinyllava_hf.train.tiny_parts import save_tiny_parts
 from tinyllava_hf.train.trainer import resolve_resume_checkpoint, run_training
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    return save_tiny_parts(tmp_path_factory.mktemp("parts"))
 
 
 def model_args(parts, **overrides) -> ModelArguments:
@@ -129,10 +122,7 @@ def test_lora_run_then_merge_lora_gives_identical_logits(parts, tmp_path):
     out = tmp_path / "lora"
     assert (out / "adapter_config.json").is_file() and (out / "base_model" / "model.safetensors").is_file()
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    cli = parser.parse_args(["merge-lora", str(out), str(tmp_path / "merged")])
-    assert cli.func(cli) == 0
+    assert cli(["merge-lora", str(out), str(tmp_path / "merged")]) == 0
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged", trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(tmp_path / "merged", trust_remote_code=True)
     assert not any("lora" in name for name, _ in merged.named_parameters())

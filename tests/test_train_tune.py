@@ -8,14 +8,8 @@ import torch
 from torch import nn
 
 from tinyllava_hf.train.arguments import ModelArguments
-from tinyllava_hf.train.build import build_from_parts, load_model_and_processor
-from tinyllava_hf.train.tiny_parts import save_tiny_parts
+from tinyllava_hf.train.build import build_from_parts, load_training_start
 from tinyllava_hf.train.tune import apply_tune_modes, lora_target_regex, trainable_parameter_names
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    return save_tiny_parts(tmp_path_factory.mktemp("parts"), data=False)
 
 
 def make_args(parts, audio: bool = False, **modes) -> ModelArguments:
@@ -137,7 +131,7 @@ def test_qlora_quantises_only_the_lm_layers(parts, tmp_path, bits, layer_class):
     import bitsandbytes as bnb
 
     args = make_args(parts, tune_llm="qlora", quant_bits=bits)
-    model, _ = load_model_and_processor(args, base_model_dir=tmp_path / "base")
+    model, _ = load_training_start(args, base_model_dir=tmp_path / "base")
     assert (tmp_path / "base" / "config.json").is_file()  # the full-precision base the adapter will refer to
     quantized_type = getattr(bnb.nn, layer_class)
     quantized = {name for name, module in model.named_modules() if isinstance(module, quantized_type)}
@@ -162,7 +156,7 @@ def test_qlora_quantises_only_the_lm_layers(parts, tmp_path, bits, layer_class):
 
 
 def test_quantised_model_needs_qlora_mode(parts, tmp_path):
-    model, _ = load_model_and_processor(make_args(parts, tune_llm="qlora"), base_model_dir=tmp_path)
+    model, _ = load_training_start(make_args(parts, tune_llm="qlora"), base_model_dir=tmp_path)
     with pytest.raises(ValueError, match="only be trained with tune_llm=qlora"):
         apply_tune_modes(model, make_args(parts, tune_llm="lora"))
 

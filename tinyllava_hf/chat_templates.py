@@ -19,10 +19,10 @@ Design choices, all pinned by `tests/test_chat_templates.py`:
   upstream's chunked `tokenizer_image_token` ids with `-200` at the image position.
 """
 
+import importlib.resources
 import re
 from collections.abc import Mapping, Sequence
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from transformers.utils.chat_template_utils import render_jinja_template
@@ -57,7 +57,8 @@ TEMPLATE_EOS: dict[str, str] = {
     "qwen2_instruct": "<|im_end|>",
 }
 
-_TEMPLATE_DIR = Path(__file__).parent / "templates"
+# Package data (`tinyllava_hf/templates/<name>.jinja`), read through importlib.resources like every shipped file.
+_TEMPLATE_DIR = importlib.resources.files("tinyllava_hf") / "templates"
 
 # Upstream's data uses "human"/"gpt"; "system" is our extension (upstream has no per-sample system prompt).
 _UPSTREAM_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -78,7 +79,7 @@ def get_chat_template(name: str) -> str:
     """
     if name not in TEMPLATE_EOS:
         raise ValueError(f"Unknown TinyLLaVA chat template {name!r}; valid names: {', '.join(list_chat_templates())}")
-    return (_TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
+    return _TEMPLATE_DIR.joinpath(f"{name}.jinja").read_text(encoding="utf-8")
 
 
 def render_chat_template(

@@ -80,7 +80,6 @@ def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyllava-hf",
         description=__doc__.splitlines()[0],
-        usage="tinyllava-hf [--version] <command> [<args>]",
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

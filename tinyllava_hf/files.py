@@ -7,6 +7,7 @@ output is built beside its destination and moved into place only when complete.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import os
 import shutil
@@ -16,6 +17,20 @@ from pathlib import Path
 from typing import Any
 
 PathLike = str | os.PathLike
+
+
+def packaged_file(relative: str) -> Path:
+    """A file the package reads at run time, shipped under `tinyllava_hf/resources/` (e.g. `model_card_template.md`).
+
+    In a checkout each entry there is a link to the file's one copy at the repository's top level (where people read
+    and edit it); a built wheel carries the file itself. Either way this returns a real path on disk.
+    """
+    resource = importlib.resources.files("tinyllava_hf").joinpath("resources", *relative.split("/"))
+    if not resource.is_file():
+        raise FileNotFoundError(
+            f"{relative} is missing from the installed tinyllava_hf package ({resource}); reinstall tinyllava-hf."
+        )
+    return Path(os.fspath(resource))
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:

@@ -1,13 +1,14 @@
 """Model cards: render `model_card_template.md` (a huggingface_hub `ModelCard` Jinja template) from a saved
-checkpoint's own configuration and measured results, so that nothing in a card is typed by hand."""
+checkpoint's own configuration, the recipes that trained it and measured results, so that nothing in a card is typed
+by hand."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import huggingface_hub
@@ -16,9 +17,10 @@ import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_tinyllava import TinyLlavaConfig
+from .files import packaged_file, write_text_atomic
 
-# The template lives at the repository root (it is part of the project, like README.md).
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_template.md"
+# The template's one copy is `model_card_template.md` at the repository root; the package ships it as a resource.
+DEFAULT_TEMPLATE = "model_card_template.md"
 # Anything left looking like a Jinja placeholder or a Python None in a rendered card is a bug.
 _UNFILLED = re.compile(r"\{\{|\{%|\bNone\b")
 
@@ -35,6 +37,7 @@ class TrainingStage:
     learning_rate: float
     batch_size: int
     wall_time: str
+    precision: str = "fp32"
 
 
 @dataclass
@@ -102,7 +105,7 @@ def render_model_card(model_dir: str | os.PathLike, info: CardInfo, template_pat
     """
     model_dir = Path(model_dir)
     config = TinyLlavaConfig.from_pretrained(model_dir)
-    template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE
+    template_path = Path(template_path) if template_path is not None else packaged_file(DEFAULT_TEMPLATE)
     if not template_path.is_file():
         raise FileNotFoundError(f"Model card template not found: {template_path}")
     templates = sorted(p.stem for p in (model_dir / "additional_chat_templates").glob("*.jinja"))
@@ -134,7 +137,7 @@ def render_model_card(model_dir: str | os.PathLike, info: CardInfo, template_pat
         model_name=info.model_name,
         repo_id=info.repo_id,
         summary=info.summary,
-        chat_template=_default_template_name(model_dir, templates),
+        chat_template=default_template_name(model_dir),
         other_templates=", ".join(f"`{name}`" for name in templates) or "none",
         num_parameters=f"{num_parameters / 1e6:.2f} M",
         training_summary=info.training_summary,
@@ -161,22 +164,82 @@ def render_model_card(model_dir: str | os.PathLike, info: CardInfo, template_pat
 def write_model_card(model_dir: str | os.PathLike, info: CardInfo, template_path=None) -> Path:
     """Render and write `README.md` into `model_dir` atomically; returns its path."""
     card = render_model_card(model_dir, info, template_path)
-    target = Path(model_dir) / "README.md"
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
-        handle.write(str(card))
-    os.replace(handle.name, target)
-    return target
+    return write_text_atomic(Path(model_dir) / "README.md", str(card))
 
 
-def _default_template_name(model_dir: Path, names: list[str]) -> str:
-    """The named template identical to the default one, or `custom` when none is."""
-    default_file = model_dir / "chat_template.jinja"
+# The tune_* recipe keys, the part each one trains, and whether the part exists only in audio models.
+_TUNED_PARTS: tuple[tuple[str, str, bool], ...] = (
+    ("tune_llm", "LM", False),
+    ("tune_vision_tower", "vision tower", False),
+    ("tune_connector", "connector", False),
+    ("tune_audio_tower", "audio tower", True),
+    ("tune_audio_connector", "audio connector", True),
+)
+
+
+def recipe_settings(recipe: str | os.PathLike) -> dict:
+    """A recipe's values with `tinyllava-hf train`'s defaults filled in for the tune_* keys it leaves out."""
+    import yaml
+
+    from .train.arguments import ModelArguments  # dataclasses only: no training stack is imported
+
+    values = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
+    defaults = {item.name: item.default for item in fields(ModelArguments) if item.name.startswith("tune_")}
+    return {**defaults, **values}
+
+
+def trained_parts(settings: dict, has_audio: bool) -> str:
+    """What a stage trained, from its tune_* settings: e.g. `LM (full), connector (full)`, or `nothing`."""
+    parts = [
+        f"{part} ({settings[key]})"
+        for key, part, audio_only in _TUNED_PARTS
+        if settings.get(key, "frozen") != "frozen" and (has_audio or not audio_only)
+    ]
+    return ", ".join(parts) or "nothing"
+
+
+def training_precision(settings: dict) -> str:
+    """The precision a stage trained in, from the recipe's TrainingArguments flags."""
+    if settings.get("bf16"):
+        return "bf16 mixed precision"
+    if settings.get("fp16"):
+        return "fp16 mixed precision"
+    return "fp32"
+
+
+def training_stage(
+    name: str, recipe_name: str, recipe: str | os.PathLike, run_dir: str | os.PathLike, data: str, wall_time: str
+) -> TrainingStage:
+    """The card row of one finished `tinyllava-hf train` run: what trained and how, read from the recipe it ran
+    (`recipe`, shown as `recipe_name`), the config it saved and the steps in its `trainer_state.json`."""
+    run_dir = Path(run_dir)
+    settings = recipe_settings(recipe)
+    config = TinyLlavaConfig.from_pretrained(run_dir)
+    state_files = [run_dir / "trainer_state.json", *sorted(run_dir.glob("checkpoint-*/trainer_state.json"))]
+    steps = max((json.loads(path.read_text())["global_step"] for path in state_files if path.is_file()), default=0)
+    return TrainingStage(
+        name=name,
+        recipe=recipe_name,
+        trainable=trained_parts(settings, has_audio=config.audio_config is not None),
+        data=data,
+        steps=steps,
+        learning_rate=settings.get("learning_rate"),
+        batch_size=settings.get("per_device_train_batch_size", 8) * settings.get("gradient_accumulation_steps", 1),
+        wall_time=wall_time,
+        precision=training_precision(settings),
+    )
+
+
+def default_template_name(model_dir: str | os.PathLike) -> str:
+    """The name of the checkpoint's default chat template: the named template identical to it, `none` without a
+    default, `custom` when no named one matches."""
+    default_file = Path(model_dir) / "chat_template.jinja"
     if not default_file.is_file():
         return "none"
     default = default_file.read_text()
-    for name in names:
-        if (model_dir / "additional_chat_templates" / f"{name}.jinja").read_text() == default:
-            return name
+    for path in sorted((Path(model_dir) / "additional_chat_templates").glob("*.jinja")):
+        if path.read_text() == default:
+            return path.stem
     return "custom"
 
 

@@ -9,6 +9,7 @@ Shipped as remote code: imports only torch, transformers and flat siblings.
 """
 
 import dataclasses
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,32 @@ def _fields_of(output_class: type, values: dict) -> dict:
     return {key: value for key, value in values.items() if key in names}
 
 
+def _broken_safetensors_files(folder) -> list[Path]:
+    """The `.safetensors` files of a local folder whose header or size does not hold up (e.g. cut off mid-write).
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header, then the tensor bytes up to the
+    largest end offset in the header; any file shorter than that is truncated.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    broken = []
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        try:
+            with path.open("rb") as handle:
+                header_size = int.from_bytes(handle.read(8), "little")
+                if size < 8 or header_size > size - 8:
+                    raise ValueError("header past the end of the file")
+                header = json.loads(handle.read(header_size))
+            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+            if 8 + header_size + max(ends, default=0) > size:
+                raise ValueError("tensor data past the end of the file")
+        except (ValueError, KeyError, TypeError, IndexError):
+            broken.append(path)
+    return broken
+
+
 class TinyLlavaPreTrainedModel(PreTrainedModel):
     config: TinyLlavaConfig
     config_class = TinyLlavaConfig
@@ -84,6 +111,27 @@ class TinyLlavaPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         init_connector_parameters(module, self.config.initializer_range, init)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; a truncated or corrupt weights file is reported by name."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            # safetensors' own error names no file ("incomplete metadata"); it is matched by name so that this
+            # remote-code file imports nothing beyond torch/transformers.
+            if type(error).__name__ != "SafetensorError":
+                raise
+            broken = _broken_safetensors_files(pretrained_model_name_or_path)
+            where = (
+                ", ".join(str(path) for path in broken)
+                if broken
+                else f"a weights file of {pretrained_model_name_or_path}"
+            )
+            raise OSError(
+                f"Cannot read {where}: the file is truncated or corrupt ({error}). Re-download it (or re-save the "
+                "model) and load again."
+            ) from error
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights and config plus the flat remote-code files, with an `auto_map` for every Auto class."""
         self.config.auto_map = dict(AUTO_MAP)
@@ -99,6 +147,14 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
     """Vision tower (+ optional auxiliary vision tower and audio tower), connectors and the LM backbone."""
 
     def __init__(self, config: TinyLlavaConfig):
+        # A bare `TinyLlavaConfig()` is a valid config object (transformers may build one) but no real model: its
+        # sub-configs are transformers' defaults, a 7B Llama and a default SigLIP.
+        defaulted = config.defaulted_sub_configs()
+        if defaulted:
+            raise ValueError(
+                f"Cannot build a TinyLLaVA model from a config without {' and '.join(defaulted)}: pass the language "
+                "model's and the vision tower's configs to TinyLlavaConfig (e.g. `AutoConfig.from_pretrained(...)`)."
+            )
         super().__init__(config)
         text_width = config.text_config.hidden_size
         self.vision_tower = AutoModel.from_config(config.vision_config)
@@ -141,6 +197,17 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         Returns:
             `(num_images, config.num_image_tokens, text_hidden_size)`.
         """
+        # Casting raw 0-255 integers to the tower's dtype would run the model on unnormalised pixels and answer
+        # anyway; only the processor's normalised floats are meaningful.
+        if not torch.is_floating_point(pixel_values):
+            raise ValueError(
+                f"pixel_values must be floating point, normalised by the processor, got {pixel_values.dtype}: pass "
+                "the images through `processor(images=...)` instead of raw pixels."
+            )
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
         pixel_values = pixel_values.to(self.vision_tower.dtype)
         features = self._select_vision_features(self.vision_tower, pixel_values)
         if self.vision_tower_aux is not None:
@@ -158,6 +225,11 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         """
         if self.audio_tower is None:
             raise ValueError("This model has no audio tower (config.audio_config is None) but audio input was given.")
+        if not torch.is_floating_point(input_features):
+            raise ValueError(
+                f"input_features must be floating-point log-mel features from the processor, got "
+                f"{input_features.dtype}: pass the audio through `processor(audio=...)`."
+            )
         hidden = self.audio_tower(input_features.to(self.audio_tower.dtype), return_dict=True).last_hidden_state
         # Stack k consecutive frames into one token: k times fewer placeholders, no information dropped.
         batch, frames, width = hidden.shape

@@ -6,9 +6,14 @@ number stored in `processor_config.json` when the processor is built from the mo
 Shipped as remote code: imports only transformers/PIL/numpy and nothing from `tinyllava_hf`.
 """
 
+import base64
+import binascii
+import os
+
 from PIL import Image
 from transformers import ProcessorMixin
-from transformers.image_utils import make_flat_list_of_images, to_numpy_array
+from transformers.image_transforms import convert_to_rgb, to_pil_image
+from transformers.image_utils import make_flat_list_of_images
 
 IMAGE_ASPECT_RATIOS = ("square", "pad")
 # The placeholder strings that mark media in prompts (the rest of the package imports them from `constants`).
@@ -25,6 +30,40 @@ def expand_to_square(image: Image.Image, background: tuple[int, ...]) -> Image.I
     canvas = Image.new(image.mode, (side, side), background)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
+
+
+def to_rgb_image(image) -> Image.Image:
+    """Any image input as an RGB PIL image, converted the way the image processors' `do_convert_rgb` does.
+
+    Padding draws a 3-channel background, so palette (`P`), grayscale (`L`, `LA`, `I;16`), `CMYK` and alpha images
+    are converted first; transparency is composited onto white, as transformers' `convert_to_rgb` (and so the
+    `square` path) does, while the padding itself stays the mean colour.
+    """
+    if not isinstance(image, Image.Image):
+        image = to_pil_image(image)  # arrays and tensors, channels first or last, float or uint8
+    return image if image.mode == "RGB" else Image.fromarray(convert_to_rgb(image, return_numpy=True))
+
+
+def _missing_image_file(image) -> str | None:
+    """`image` when it is a string that names no file and is neither a URL nor base64 data, else None.
+
+    transformers tries base64 last, so a mistyped path fails with "Invalid base64-encoded string"; naming the path
+    says what is actually wrong.
+    """
+    if not isinstance(image, str) or image.startswith(("http://", "https://", "data:image/")) or os.path.isfile(image):
+        return None
+    try:
+        base64.b64decode("".join(image.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return image
+    return None
+
+
+def _flatten(items) -> list:
+    """Nested lists/tuples of images (one list per sample) as one flat list."""
+    if not isinstance(items, (list, tuple)):
+        return [items]
+    return [leaf for item in items for leaf in _flatten(item)]
 
 
 def placeholder_token_id(tokenizer, token: str) -> int:
@@ -77,13 +116,51 @@ class TinyLlavaProcessor(ProcessorMixin):
     def _process_images(self, images, **kwargs):
         if self.image_aspect_ratio == "pad":
             background = self._pad_background()
-            images = [
-                expand_to_square(
-                    image if isinstance(image, Image.Image) else Image.fromarray(to_numpy_array(image)), background
-                )
-                for image in make_flat_list_of_images(images)
-            ]
+            images = [expand_to_square(to_rgb_image(image), background) for image in make_flat_list_of_images(images)]
         return super()._process_images(images, **kwargs)
+
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        if images is not None:
+            for image in _flatten(images):
+                if (missing := _missing_image_file(image)) is not None:
+                    raise FileNotFoundError(
+                        f"Image file not found: {missing!r} (resolved from {os.getcwd()}). Give an existing image "
+                        "path, an http(s) URL, base64 data or a PIL image."
+                    )
+        return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        # ProcessorMixin silently skips a modality it has no sub-processor for, and the model would answer without
+        # it; refuse instead.
+        self._check_modalities(has_audio=audio is not None, has_video=videos is not None)
+        super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def _check_modalities(self, has_audio: bool, has_video: bool):
+        if has_audio and self._audio_processor is None:
+            raise ValueError(
+                "Audio input was given, but this checkpoint has no audio tower (its processor has no feature "
+                "extractor): remove the audio, or use a TinyLLaVA checkpoint with an audio tower."
+            )
+        if has_video:
+            raise ValueError("TinyLLaVA takes no video input: pass frames as images instead.")
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        # Checked before transformers loads any media from the conversation (an audio block would be decoded first,
+        # then dropped by a vision-only processor).
+        normalize = getattr(
+            self, "_normalize_conversations", None
+        )  # transformers >= 5.x; validate_inputs still checks
+        conversations = normalize(conversation)[0] if normalize is not None else []
+        types = {
+            block.get("type")
+            for messages in conversations
+            for message in messages
+            if isinstance(message.get("content"), list)
+            for block in message["content"]
+            if isinstance(block, dict)
+        }
+        self._check_modalities(has_audio="audio" in types, has_video="video" in types)
+        return super().apply_chat_template(conversation, *args, **kwargs)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.num_image_tokens

@@ -1,11 +1,12 @@
-"""`tinyllava-hf convert | export-llava | import-llava`: the conversion subcommands.
+"""Parsers of the conversion commands `tinyllava-hf convert | export-llava | import-llava`.
 
 Usage:
     tinyllava-hf convert SRC DST [--template NAME] [--tokenizer PATH] [--image-processor PATH] [--qformer-heads N]
     tinyllava-hf export-llava SRC DST
     tinyllava-hf import-llava SRC DST [--template NAME]
 
-Each command writes DST atomically and exits with 1 and a one-line `error: ...` on anything it cannot convert.
+Each command writes DST atomically and exits with 1 and a one-line `error: ...` on anything it cannot convert. Each
+`make_<command>_parser(subparsers=None)` follows TRL's `make_parser` pattern (see `tinyllava_hf.cli`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,22 @@ import argparse
 import sys
 from collections.abc import Callable
 
-__all__ = ["register"]
+__all__ = ["make_convert_parser", "make_export_llava_parser", "make_import_llava_parser"]
+
+
+def _new_parser(subparsers: argparse._SubParsersAction | None, name: str, **kwargs) -> argparse.ArgumentParser:
+    """The command's parser: added to `subparsers` (`tinyllava-hf NAME`) or stand-alone, named the same either way."""
+    kwargs["prog"] = f"tinyllava-hf {name}"  # not the top-level usage line argparse would prefix
+    if subparsers is not None:
+        return subparsers.add_parser(name, **kwargs)
+    kwargs.pop("help", None)
+    return argparse.ArgumentParser(**kwargs)
+
+
+def _add_src_dst(parser: argparse.ArgumentParser, src: str, dst: str) -> None:
+    parser.add_argument("src", help=src)
+    parser.add_argument("dst", help=dst)
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
 
 
 def _run(action: Callable[[], object], done: str) -> int:
@@ -69,9 +85,10 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `convert`, `export-llava` and `import-llava` subcommands; each sets `func` (returns an exit code)."""
-    convert = subparsers.add_parser(
+def make_convert_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """`tinyllava-hf convert SRC DST`: an upstream TinyLLaVA Factory checkpoint -> a tinyllava-hf folder."""
+    parser = _new_parser(
+        subparsers,
         "convert",
         help="convert an upstream TinyLLaVA Factory checkpoint into a tinyllava-hf folder",
         description="Convert an upstream TinyLLaVA Factory checkpoint folder (config.json with "
@@ -79,40 +96,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "into a tinyllava-hf folder. Never downloads: hub ids in the config are resolved locally (next to SRC, in "
         "the working directory, in the local Hugging Face cache) or given explicitly.",
     )
-    convert.add_argument("src", help="upstream checkpoint folder")
-    convert.add_argument("dst", help="tinyllava-hf folder to write")
-    convert.add_argument("--template", help="chat template name (default: conv_version, else the LM family's)")
-    convert.add_argument("--tokenizer", help="tokenizer folder (default: SRC)")
-    convert.add_argument("--image-processor", help="folder with preprocessor_config.json (default: resolved locally)")
-    convert.add_argument(
+    _add_src_dst(parser, "upstream checkpoint folder", "tinyllava-hf folder to write")
+    parser.add_argument("--template", help="chat template name (default: conv_version, else the LM family's)")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: SRC)")
+    parser.add_argument("--image-processor", help="folder with preprocessor_config.json (default: resolved locally)")
+    parser.add_argument(
         "--qformer-heads",
         type=_positive_int,
         help="attention heads of a qformer connector, which upstream does not store (default: from a cached "
         "google-bert/bert-base-uncased config of the same width, else 12)",
     )
-    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    convert.set_defaults(func=_convert)
+    parser.set_defaults(func=_convert)
+    return parser
 
-    export = subparsers.add_parser(
+
+def make_export_llava_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """`tinyllava-hf export-llava SRC DST`: a tinyllava-hf folder -> a native transformers `llava` folder."""
+    parser = _new_parser(
+        subparsers,
         "export-llava",
         help="export a tinyllava-hf folder as a native transformers llava checkpoint (no remote code)",
         description="Write a tinyllava-hf model whose architecture LLaVA can express (CLIP/SigLIP tower, mlp2x_gelu "
         "connector, an LM head without bias) as a native `llava` folder: LlavaForConditionalGeneration weights and "
         "LlavaProcessor files that load without trust_remote_code.",
     )
-    export.add_argument("src", help="tinyllava-hf folder")
-    export.add_argument("dst", help="llava folder to write")
-    export.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    export.set_defaults(func=_export_llava)
+    _add_src_dst(parser, "tinyllava-hf folder", "llava folder to write")
+    parser.set_defaults(func=_export_llava)
+    return parser
 
-    back = subparsers.add_parser(
+
+def make_import_llava_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """`tinyllava-hf import-llava SRC DST`: a native transformers `llava` folder -> a tinyllava-hf folder."""
+    parser = _new_parser(
+        subparsers,
         "import-llava",
         help="convert a native transformers llava checkpoint into a tinyllava-hf folder",
         description="Convert a native `llava` folder (LlavaForConditionalGeneration + LlavaProcessor) into a "
         "tinyllava-hf folder with an mlp2x_gelu connector.",
     )
-    back.add_argument("src", help="llava folder")
-    back.add_argument("dst", help="tinyllava-hf folder to write")
-    back.add_argument("--template", help="chat template name (required when the llava processor has none)")
-    back.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    back.set_defaults(func=_import_llava)
+    _add_src_dst(parser, "llava folder", "tinyllava-hf folder to write")
+    parser.add_argument("--template", help="chat template name (required when the llava processor has none)")
+    parser.set_defaults(func=_import_llava)
+    return parser

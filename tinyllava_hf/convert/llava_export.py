@@ -39,15 +39,15 @@ from transformers import (
 )
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-from ..builder import IMAGE_TOKEN, build_processor
+from ..builder import build_processor
 from ..chat_templates import get_chat_template
 from ..configuration_tinyllava import VISION_TOWER_PREFIX_TOKENS, TinyLlavaConfig, canonical_connector_name
+from ..constants import IMAGE_TOKEN
+from ..files import atomic_output_dir, check_destination
 from ..processing_tinyllava import TinyLlavaProcessor
 from .upstream import (
     ConversionError,
     KeyRule,
-    atomic_output_dir,
-    check_destination,
     load_strict,
     meta_model,
     read_state_dict,
@@ -215,7 +215,7 @@ def export_llava(src: str | Path, dst: str | Path, *, overwrite: bool = False) -
         `dst` as an absolute path.
     """
     src = Path(src)
-    check_destination(dst, overwrite)
+    check_destination(dst, overwrite, error=ConversionError)  # before any heavy work
     config = TinyLlavaConfig.from_pretrained(src)
     check_llava_expressible(config)
     processor = AutoProcessor.from_pretrained(src)
@@ -258,7 +258,7 @@ def export_llava(src: str | Path, dst: str | Path, *, overwrite: bool = False) -
     _check_processors_agree(processor, llava_processor, config.num_image_tokens)
 
     dst = Path(dst).absolute()
-    with atomic_output_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_output_dir(dst, overwrite=overwrite, error=ConversionError) as tmp:
         model.save_pretrained(tmp)
         llava_processor.save_pretrained(tmp)
         _assert_no_remote_code(tmp)
@@ -319,7 +319,7 @@ def import_llava(src: str | Path, dst: str | Path, *, template: str | None = Non
         `dst` as an absolute path.
     """
     src = Path(src)
-    check_destination(dst, overwrite)
+    check_destination(dst, overwrite, error=ConversionError)  # before any heavy work
     llava_config = AutoConfig.from_pretrained(src)
     if llava_config.model_type != "llava":
         raise ConversionError(f"{src}: model_type={llava_config.model_type!r}, expected 'llava'.")
@@ -381,7 +381,7 @@ def import_llava(src: str | Path, dst: str | Path, *, template: str | None = Non
         model.generation_config = generation_config
 
     dst = Path(dst).absolute()
-    with atomic_output_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_output_dir(dst, overwrite=overwrite, error=ConversionError) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return dst

@@ -14,18 +14,15 @@ next to the weights, the tokenizer) are looked up locally, relative to SRC's par
 directory (the layout of the upstream-parity fixtures), in the local Hugging Face cache, or at paths given
 explicitly.
 
-The helpers at the top (`ConversionError`, `read_state_dict`, `rename_state_dict`, `load_strict`,
-`atomic_output_dir`) are shared with `llava_export.py`.
+The helpers at the top (`ConversionError`, `read_state_dict`, `rename_state_dict`, `load_strict`, `meta_model`) are
+shared with `llava_export.py`; destinations are written with `tinyllava_hf.files.atomic_output_dir`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +31,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import CONFIG_MAPPING, AutoImageProcessor, AutoTokenizer, GenerationConfig
 
-from ..builder import IMAGE_TOKEN, build_processor
+from ..builder import build_processor
 from ..chat_templates import get_chat_template
 from ..configuration_tinyllava import TinyLlavaConfig, canonical_connector_name
+from ..constants import IMAGE_TOKEN
+from ..files import atomic_output_dir, check_destination, write_json_atomic
 from ..modeling_tinyllava import TinyLlavaForConditionalGeneration
 
 __all__ = [
@@ -46,8 +45,6 @@ __all__ = [
     "TEXT_CONFIG_DEFAULTS_440",
     "UPSTREAM_STRATEGIES",
     "VISION_CONFIG_DEFAULTS_440",
-    "atomic_output_dir",
-    "check_destination",
     "convert_upstream",
     "load_strict",
     "read_state_dict",
@@ -179,39 +176,6 @@ def load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], 
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
-
-
-def check_destination(dst: str | Path, overwrite: bool) -> None:
-    """Fail early (before any heavy work) when `dst` holds something and may not be replaced."""
-    dst = Path(dst)
-    if dst.exists() and not overwrite and (not dst.is_dir() or any(dst.iterdir())):
-        raise ConversionError(f"Destination {dst} already exists and is not empty (pass overwrite to replace it).")
-
-
-@contextlib.contextmanager
-def atomic_output_dir(dst: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to `dst`; on success it replaces `dst`, on failure it is deleted.
-
-    A failed conversion therefore never leaves a half-written destination behind.
-    """
-    dst = Path(dst).absolute()
-    check_destination(dst, overwrite)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
-        yield tmp
-        if dst.exists():
-            # Move the old folder aside first so that `dst` is never missing a complete version for long.
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-            old.rmdir()
-            dst.rename(old)
-            tmp.rename(dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def meta_model(config: TinyLlavaConfig, dtype: torch.dtype) -> TinyLlavaForConditionalGeneration:
@@ -604,7 +568,7 @@ def convert_upstream(
         `dst` as an absolute path.
     """
     src = Path(src)
-    check_destination(dst, overwrite)
+    check_destination(dst, overwrite, error=ConversionError)  # before any heavy work
     config_path = src / "config.json"
     if not config_path.is_file():
         raise ConversionError(f"{src} has no config.json.")
@@ -679,7 +643,7 @@ def convert_upstream(
     )
 
     dst = Path(dst).absolute()
-    with atomic_output_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_output_dir(dst, overwrite=overwrite, error=ConversionError) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         _write_conversion_note(tmp, src, upstream, template_name, tokenizer_dir, processor_dir, IMAGE_TOKEN)
@@ -713,7 +677,7 @@ def _write_conversion_note(
         "image_processor_from": str(images.absolute()),
         "image_token": token,
     }
-    (folder / "tinyllava_conversion.json").write_text(json.dumps(note, indent=2) + "\n")
+    write_json_atomic(folder / "tinyllava_conversion.json", note)
 
 
 def _cached_bert_heads(hidden_size: int) -> int | None:

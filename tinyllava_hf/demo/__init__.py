@@ -1,7 +1,8 @@
-"""The easy-VQA demo: parts built from scratch, LLaVA-format data from the `easy-vqa` package, and the measurements
-that chose its size (`docs/demo_measurements.md`).
+"""The easy-VQA demo: parts built from scratch, LLaVA-format data from the `easy-vqa` package, two training recipes
+(shipped in `tinyllava_hf/resources/recipes/easy_vqa/`) and the pipeline that runs them (`tinyllava-hf demo`). The
+measurements that chose its size are in `docs/demo_measurements.md`.
 
 - `tinyllava_hf.demo.data`: pretrain captions, finetune questions and the test question/answer files.
 - `tinyllava_hf.demo.parts`: a BPE tokenizer, a tiny Llama LM and a small SigLIP tower, saved as HF folders.
-- `tinyllava_hf.demo.explore`: a measurement script (plain PyTorch loop), not part of the product path.
+- `tinyllava_hf.demo.pipeline`: the whole run, from parts to the scored checkpoint and its card.
 """

@@ -1,5 +1,7 @@
 """`tinyllava-hf demo`: the main job on its built-in default (see `tinyllava_hf.demo.pipeline`)."""
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
 
@@ -25,14 +27,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
+def make_demo_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """The `demo` command's parser: added to `subparsers` when given, else stand-alone."""
+    options = dict(
         help="build, train (2 stages) and score a TinyLLaVA on easy-VQA, on CPU, offline",
-        description="Build a TinyLLaVA from parts, pretrain and finetune it on easy-VQA with the recipes in "
-        "recipes/easy_vqa/, score the test split with real and blank images, and write the checkpoint, its model "
-        "card, eval_results.json and a training plot.",
+        description="Build a TinyLLaVA from parts, pretrain and finetune it on easy-VQA with the package's demo "
+        "recipes (recipes/easy_vqa/ in the repository), score the test split with real and blank images, and write "
+        "the checkpoint, its model card, eval_results.json and a training plot.",
     )
+    if subparsers is not None:
+        parser = subparsers.add_parser("demo", **options)
+    else:
+        parser = argparse.ArgumentParser(prog="tinyllava-hf demo", description=options["description"])
     parser.add_argument(
         "--output-dir", default="demo_output", help="where everything is written (default: %(default)s)"
     )
@@ -44,3 +50,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--quick", action="store_true", help="a few steps and a small sample: checks the plumbing only"
     )
     parser.set_defaults(func=_demo)
+    return parser

@@ -11,14 +11,14 @@ This module writes, under one folder:
                              "{answer}"), the format the evaluation prompts use.
     easy_vqa_test/           `questions.jsonl` (LLaVA evaluation questions) and `annotations.jsonl` (answers) of the
                              whole test split or a seeded sample, written by the evaluation's own
-                             `tinyllava_hf.eval.easy_vqa`, so training and scoring read the package the same way.
+                             `tinyllava_hf.easy_vqa`, so training and scoring read the package the same way.
 
 Training images are referenced by absolute path into the installed package; nothing is copied.
 
-    python -m tinyllava_hf.demo.data OUT_DIR [--test-limit N --seed S]
+    from tinyllava_hf.demo.data import write_demo_data
+    write_demo_data("outputs/demo/data", test_limit=None, seed=0)
 """
 
-import argparse
 import json
 import re
 from collections import defaultdict
@@ -26,7 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..eval.easy_vqa import load_easy_vqa, sample_records, write_easy_vqa_files
+from ..easy_vqa import COLORS, SHAPES, load_easy_vqa, sample_records, write_easy_vqa_files
+from ..files import write_text_atomic
 
 __all__ = [
     "COLORS",
@@ -41,9 +42,7 @@ __all__ = [
     "write_demo_data",
 ]
 
-# The package's 13 answers are these 8 colours, 3 shapes, and yes/no.
-COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
-SHAPES = ("circle", "rectangle", "triangle")
+# The package's 13 answers are the 8 COLORS, the 3 SHAPES, and yes/no.
 _COLOR_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
 _SHAPE_RE = re.compile(r"\b(" + "|".join(SHAPES) + r")\b")
 # Negated presence questions: "is there not a circle?", "does the image not contain ...", "is no rectangle present?"
@@ -151,7 +150,7 @@ def image_captions(questions: Sequence[EasyVqaQuestion]) -> dict[int, tuple[str,
 
 @dataclass(frozen=True)
 class DemoDataFiles:
-    """Paths written by `write_demo_data`; the test files are the evaluation's own (`tinyllava_hf.eval.easy_vqa`)."""
+    """Paths written by `write_demo_data`; the test files are the evaluation's own (`tinyllava_hf.easy_vqa`)."""
 
     pretrain: Path
     finetune: Path
@@ -195,8 +194,8 @@ def write_demo_data(out_dir: str | Path, test_limit: int | None = None, seed: in
         }
         for question in train
     ]
-    (out_dir / "pretrain.json").write_text(json.dumps(pretrain, indent=1), encoding="utf-8")
-    (out_dir / "finetune.json").write_text(json.dumps(finetune, indent=1), encoding="utf-8")
+    write_text_atomic(out_dir / "pretrain.json", json.dumps(pretrain, indent=1))
+    write_text_atomic(out_dir / "finetune.json", json.dumps(finetune, indent=1))
     test = write_easy_vqa_files(out_dir / "easy_vqa_test", "test", limit=test_limit, seed=seed)
     return DemoDataFiles(
         pretrain=out_dir / "pretrain.json",
@@ -206,20 +205,3 @@ def write_demo_data(out_dir: str | Path, test_limit: int | None = None, seed: in
         test_image_folder=test.image_folder,
         num_test_questions=test.num_questions,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the easy-VQA demo's training data and test files.")
-    parser.add_argument("out_dir")
-    parser.add_argument("--test-limit", type=int, default=None, help="seeded sample of the test split (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    files = write_demo_data(args.out_dir, args.test_limit, args.seed)
-    for name in ("pretrain", "finetune", "test_questions", "test_answers", "test_image_folder"):
-        print(f"{name:18s} {getattr(files, name)}")
-    print(f"{'test questions':18s} {files.num_test_questions}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,11 +21,13 @@ prompt holds 7.7 text tokens on average besides its image placeholders, against 
 spaces. Splitting at " ASSISTANT:" keeps the answer (" blue") a separate piece, so the tokens of a training sequence
 are exactly the prompt tokens (`add_generation_prompt=True`) followed by the answer tokens.
 
-    python -m tinyllava_hf.demo.parts OUT_DIR
+The generic pieces (BPE training, tiny configs, image processor) come from the package's one tiny-parts builder,
+`tinyllava_hf.train.tiny_parts`; what is specific to the demo (its corpus and pre-tokenizer, the sizes, the tower's
+caption pretraining) is here. `tinyllava-hf demo` builds the parts itself; on their own:
+
+    python -c "from tinyllava_hf.demo.parts import save_parts; save_parts('outputs/demo/parts')"
 """
 
-import argparse
-import json
 import math
 import re
 from collections import Counter
@@ -36,18 +38,26 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, pre_tokenizers
 from transformers import (
     GenerationConfig,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
     SiglipImageProcessorPil,
-    SiglipVisionConfig,
     SiglipVisionModel,
 )
 
-from ..chat_templates import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN, render_chat_template
+from ..chat_templates import DEFAULT_SYSTEM_PROMPT, render_chat_template
+from ..constants import IGNORE_INDEX, IMAGE_TOKEN
+from ..files import write_json_atomic
+from ..train.tiny_parts import (
+    LLAMA_SPECIAL_TOKENS,
+    image_processor,
+    random_model,
+    text_config,
+    train_bpe_tokenizer,
+    vision_config,
+)
 from .data import COLORS, SHAPES, EasyVqaQuestion, caption_for, image_labels, load_split
 
 __all__ = [
@@ -65,12 +75,11 @@ __all__ = [
 # The finetune/default chat template. All upstream conversation templates share one layout and differ only in the
 # end-of-answer text; llama's "</s>" is our tokenizer's eos, so generation stops right after the answer.
 DEMO_TEMPLATE = "llama"
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
+SPECIAL_TOKENS = (*LLAMA_SPECIAL_TOKENS, "<pad>", IMAGE_TOKEN)
 # Pieces the pre-tokenizer isolates: merges never cross them, so answers never fuse with the prompt before them.
 _ROLE_MARKERS = r" ?(?:USER|ASSISTANT):"
 # Text between special tokens, i.e. what the BPE actually sees.
 _SPECIALS_RE = re.compile("|".join(re.escape(token) for token in SPECIAL_TOKENS))
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -133,57 +142,40 @@ def train_tokenizer(
     BOS is added at encode time (as llama tokenizers do, and as the TinyLLaVA templates expect). With `split_words`
     merges stay inside words (GPT-2's pre-tokenization) and the system sentence is one added token instead.
     """
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    if split_words:
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+    pre_tokenizer = None  # GPT-2's byte-level split at spaces
+    if not split_words:
+        pre_tokenizer = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(Regex(_ROLE_MARKERS), behavior="isolated"),
                 # use_regex=False: no split at spaces, so merges may span words (see the module docstring).
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    if split_words:
-        tokenizer.add_tokens([AddedToken(DEFAULT_SYSTEM_PROMPT, normalized=False)])
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
+    return train_bpe_tokenizer(
+        corpus,
+        vocab_size,
+        SPECIAL_TOKENS,
         pad_token="<pad>",
         extra_special_tokens=[IMAGE_TOKEN],
+        pre_tokenizer=pre_tokenizer,
+        added_tokens=[AddedToken(DEFAULT_SYSTEM_PROMPT, normalized=False)] if split_words else (),
     )
 
 
 def build_llm(tokenizer: PreTrainedTokenizerFast, spec: DemoPartsSpec) -> LlamaForCausalLM:
     """A randomly initialised Llama LM whose vocabulary is exactly the tokenizer's."""
-    config = LlamaConfig(
+    config = text_config(
+        "llama",
         vocab_size=len(tokenizer),
+        tokenizer=tokenizer,
         hidden_size=spec.llm_hidden,
         intermediate_size=spec.llm_intermediate,
         num_hidden_layers=spec.llm_layers,
         num_attention_heads=spec.llm_heads,
         num_key_value_heads=spec.llm_kv_heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=spec.tie_embeddings,
     )
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
+    model = random_model(config, spec.seed, causal_lm=True)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -198,7 +190,8 @@ def build_vision_tower(spec: DemoPartsSpec) -> tuple[SiglipVisionModel, SiglipIm
     SigLIP has no class token, so with `vision_feature_select_strategy="full"` every patch reaches the LM. Its
     pooling head is left out (`vision_use_head=False`): TinyLLaVA reads hidden states, never the pooled output.
     """
-    config = SiglipVisionConfig(
+    config = vision_config(
+        "siglip",
         hidden_size=spec.vision_hidden,
         intermediate_size=spec.vision_intermediate,
         num_hidden_layers=spec.vision_layers,
@@ -207,10 +200,7 @@ def build_vision_tower(spec: DemoPartsSpec) -> tuple[SiglipVisionModel, SiglipIm
         patch_size=spec.patch_size,
         vision_use_head=False,
     )
-    torch.manual_seed(spec.seed + 1)
-    tower = SiglipVisionModel(config)
-    size = {"height": spec.image_size, "width": spec.image_size}
-    return tower, SiglipImageProcessorPil(size=size)
+    return random_model(config, spec.seed + 1), image_processor("siglip", spec.image_size)
 
 
 def pretrain_vision_tower(
@@ -345,19 +335,5 @@ def save_parts(
     tower.save_pretrained(paths["vision_tower"])
     image_processor.save_pretrained(paths["vision_tower"])
     report = {"spec": asdict(spec), "vision_tower_pretraining": history}
-    (out_dir / "parts.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_json_atomic(out_dir / "parts.json", report)
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Save the easy-VQA demo's LM and vision tower (random init).")
-    parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=DemoPartsSpec.seed, help="initialisation and pretraining seed")
-    args = parser.parse_args(argv)
-    for name, path in save_parts(args.out_dir, DemoPartsSpec(seed=args.seed)).items():
-        print(f"{name:13s} {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

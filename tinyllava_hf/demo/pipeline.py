@@ -1,8 +1,9 @@
 """`tinyllava-hf demo`: build a TinyLLaVA from parts, train it in two stages on easy-VQA, score it, report.
 
 Every step goes through the same entry points a user runs: `tinyllava-hf train --config recipes/easy_vqa/...` for
-both stages, the evaluation runner and scorer for the test split, the model-card renderer for the card. The output
-folder ends up with:
+both stages (the package ships those recipes, see `tinyllava_hf.files.packaged_file`), the evaluation runner and
+scorer for the test split, the model-card renderer for the card, which reads what was trained from the recipes and
+the saved checkpoints. The output folder ends up with:
 
     DIR/final/               the checkpoint (AutoModelForImageTextToText + AutoProcessor, trust_remote_code=True),
                              with its model card as README.md
@@ -22,15 +23,20 @@ from pathlib import Path
 
 from ..cli import main as cli_main
 from ..eval.runner import run_eval
-from ..eval.score import score_file, write_json_atomic
-from ..hub import CardInfo, EvaluationEntry, TrainingStage, write_model_card
+from ..eval.score import score_file
+from ..files import packaged_file, write_json_atomic
+from ..hub import CardInfo, EvaluationEntry, default_template_name, training_stage, write_model_card
+from ..loading import load_model_and_processor
 from .data import write_demo_data
-from .parts import DEMO_TEMPLATE, DemoPartsSpec, save_parts
+from .parts import DemoPartsSpec, save_parts
 
-# The recipes live in the repository beside the package (like README.md), so the demo runs what users run.
-RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "easy_vqa"
-PRETRAIN_RECIPE = RECIPES / "pretrain" / "config_demo.yaml"
-FINETUNE_RECIPE = RECIPES / "finetune" / "config_demo.yaml"
+# The two stages' recipes, by their path in the repository (`recipes/easy_vqa/...`, where people read and edit them;
+# the package ships the same files under the same relative names).
+RECIPES = {
+    "pretrain": "recipes/easy_vqa/pretrain/config_demo.yaml",
+    "finetune": "recipes/easy_vqa/finetune/config_demo.yaml",
+}
+STAGE_DATA = {"pretrain": "one caption per training image", "finetune": "easy-VQA training questions"}
 STEPS = 6
 
 
@@ -53,12 +59,10 @@ def _say(step: int, message: str) -> None:
     print(f"[demo {step}/{STEPS}] {message}", flush=True)
 
 
-def _train(recipe: Path, overrides: list[str]) -> None:
-    if not recipe.is_file():
-        raise FileNotFoundError(f"{recipe} not found: the demo runs the recipes of a tinyllava-hf checkout.")
-    code = cli_main(["train", "--config", str(recipe), *overrides])
+def _train(stage: str, overrides: list[str]) -> None:
+    code = cli_main(["train", "--config", str(packaged_file(RECIPES[stage])), *overrides])
     if code:
-        raise RuntimeError(f"training with {recipe} failed (exit code {code})")
+        raise RuntimeError(f"training with {RECIPES[stage]} failed (exit code {code})")
 
 
 def _stage_overrides(max_steps: int | None, max_samples: int | None) -> list[str]:
@@ -77,12 +81,6 @@ def _log_history(stage_dir: Path) -> list[dict]:
         if path.is_file():
             return json.loads(path.read_text())["log_history"]
     return []
-
-
-def _recipe_values(recipe: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(recipe.read_text())
 
 
 def plot_training(stages: dict[str, list[dict]], results: dict, path: Path) -> Path:
@@ -119,8 +117,6 @@ def plot_training(stages: dict[str, list[dict]], results: dict, path: Path) -> P
 
 def run_demo(settings: DemoSettings) -> dict:
     """Run the whole demo; returns the evaluation results (also written to `eval_results.json`)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     out = Path(settings.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -139,11 +135,11 @@ def run_demo(settings: DemoSettings) -> dict:
     data = write_demo_data(out / "data", test_limit=settings.test_limit, seed=settings.seed)
     timings["data"] = time.perf_counter() - tick
 
-    _say(3, f"stage 1, pretrain (connector only): {PRETRAIN_RECIPE.relative_to(RECIPES.parents[1])}")
+    _say(3, f"stage 1, pretrain: {RECIPES['pretrain']}")
     tick = time.perf_counter()
     pretrain_dir = out / "pretrain"
     _train(
-        PRETRAIN_RECIPE,
+        "pretrain",
         [
             "--llm", str(parts["llm"]),
             "--vision_tower", str(parts["vision_tower"]),
@@ -154,11 +150,11 @@ def run_demo(settings: DemoSettings) -> dict:
     )  # fmt: skip
     timings["pretrain"] = time.perf_counter() - tick
 
-    _say(4, f"stage 2, finetune (LM and connector): {FINETUNE_RECIPE.relative_to(RECIPES.parents[1])}")
+    _say(4, f"stage 2, finetune: {RECIPES['finetune']}")
     tick = time.perf_counter()
     final_dir = out / "final"
     _train(
-        FINETUNE_RECIPE,
+        "finetune",
         [
             "--model_name_or_path", str(pretrain_dir),
             "--data_path", str(data.finetune),
@@ -173,8 +169,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
     _say(5, f"scoring {data.num_test_questions} easy-VQA test questions, with real and with blank images")
     tick = time.perf_counter()
-    model = AutoModelForImageTextToText.from_pretrained(final_dir, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(final_dir, trust_remote_code=True)
+    model, processor = load_model_and_processor(final_dir, device="cpu")
     scores = {}
     for name, blank in (("accuracy", False), ("blind_accuracy", True)):
         predictions = out / "eval" / f"{'blank' if blank else 'image'}_predictions.jsonl"
@@ -207,13 +202,15 @@ def run_demo(settings: DemoSettings) -> dict:
         "num_questions": data.num_test_questions,
         "questions": sample,
         "scorer": "exact match after lower-casing and stripping (tinyllava_hf.eval scorer 'easy_vqa')",
-        "prompt": f"the processor's default chat template ({DEMO_TEMPLATE}), image + bare question, greedy",
+        "prompt": f"the checkpoint's default chat template ({default_template_name(final_dir)}), image + bare "
+        "question, greedy",
         "seconds": {name: round(value, 1) for name, value in timings.items()},
     }
     write_json_atomic(out / "eval_results.json", results)
     histories = {"pretrain": _log_history(pretrain_dir), "finetune": _log_history(final_dir)}
     plot_training(histories, results, out / "training.png")
-    write_model_card(final_dir, _card_info(results, histories, timings))
+    stage_dirs = {"pretrain": pretrain_dir, "finetune": final_dir}
+    write_model_card(final_dir, _card_info(final_dir, results, stage_dirs, timings))
     summary = f"accuracy {results['accuracy']:.4f}, blind {results['blind_accuracy']:.4f}"
     _say(6, f"done in {timings['total'] / 60:.1f} min: {summary}")
     print(
@@ -227,50 +224,51 @@ def _fraction(percent: float) -> float:
     return round(percent / 100.0, 6)
 
 
-def _card_info(results: dict, histories: dict[str, list[dict]], timings: dict[str, float]) -> CardInfo:
-    stages = []
-    for name, recipe, trainable in (
-        ("pretrain", PRETRAIN_RECIPE, "connector"),
-        ("finetune", FINETUNE_RECIPE, "connector, LM"),
-    ):
-        values = _recipe_values(recipe)
-        steps = max((entry.get("step", 0) for entry in histories[name]), default=0)
-        stages.append(
-            TrainingStage(
-                name=name,
-                recipe=str(recipe.relative_to(RECIPES.parents[1])),
-                trainable=trainable,
-                data="one caption per training image" if name == "pretrain" else "easy-VQA training questions",
-                steps=steps,
-                learning_rate=values.get("learning_rate"),
-                batch_size=values.get("per_device_train_batch_size", 1) * values.get("gradient_accumulation_steps", 1),
-                wall_time=f"{timings[name]:.0f} s",
-            )
+def _card_info(final_dir: Path, results: dict, stage_dirs: dict[str, Path], timings: dict[str, float]) -> CardInfo:
+    """The demo's card: the training rows and the model description come from the recipes that ran and the
+    checkpoints they saved; only what no file records (the data set, the limitations) is written here."""
+    from ..configuration_tinyllava import TinyLlavaConfig
+
+    stages = [
+        training_stage(
+            name, RECIPES[name], packaged_file(RECIPES[name]), run_dir, STAGE_DATA[name], f"{timings[name]:.0f} s"
         )
+        for name, run_dir in stage_dirs.items()
+    ]
+    config = TinyLlavaConfig.from_pretrained(final_dir)
+    text, vision = config.text_config, config.vision_config
+    parts = (
+        f"a {text.num_hidden_layers}-layer {text.model_type} LM (hidden {text.hidden_size}) and a "
+        f"{vision.num_hidden_layers}-layer {vision.model_type.removesuffix('_vision_model')} vision tower, joined by "
+        f"an `{config.connector_type}` connector"
+    )
+    stage_lines = "; ".join(
+        f"{stage.name} (`{stage.recipe}`) trains {stage.trainable} in {stage.precision} for {stage.steps} steps"
+        for stage in stages
+    )
+    prompt = f"`{default_template_name(final_dir)}` template, image + bare question"
     evaluation = [
         EvaluationEntry(
-            "easy-VQA", "easy-vqa", f"test ({results['questions']})", "accuracy", results["accuracy"],
-            "image + bare question", "exact match",
+            "easy-VQA", "easy-vqa", f"test ({results['questions']})", "accuracy", results["accuracy"], prompt,
+            "exact match",
         ),
         EvaluationEntry(
             "easy-VQA, blank images", "easy-vqa", f"test ({results['questions']})", "blind_accuracy",
-            results["blind_accuracy"], "blank image + bare question", "exact match",
+            results["blind_accuracy"], prompt.replace("image +", "blank image +"), "exact match",
         ),
     ]  # fmt: skip
     return CardInfo(
         model_name="tinyllava-easy-vqa-demo",
         repo_id="tinyllava-easy-vqa-demo",
         summary=(
-            "A tiny TinyLLaVA trained from scratch on CPU in minutes by `tinyllava-hf demo`: a small Llama LM and a "
-            "small SigLIP vision tower, both trained from scratch, joined by an mlp2x_gelu connector and trained on "
+            f"A tiny TinyLLaVA trained from scratch on CPU in minutes by `tinyllava-hf demo`: {parts}, trained on "
             "the easy-VQA data set (64x64 images of one coloured shape; colour, shape and yes/no questions)."
         ),
         training_summary=(
-            "Built from parts: a byte-level BPE tokenizer trained on the easy-VQA text, a random Llama LM, and a "
-            "SigLIP tower trained from scratch for a few epochs to name each training image's colour and shape (the "
-            "stand-in for the caption pretraining real towers come with). Stage 1 trains only the connector on one "
-            "caption per image; stage 2 trains the LM and the connector on the training questions, tower frozen. "
-            "Both stages are `tinyllava-hf train` recipes (TRL SFTTrainer), fp32 on CPU."
+            "Built from parts by `tinyllava-hf demo`: a byte-level BPE tokenizer trained on the easy-VQA text, a "
+            "random LM, and a vision tower trained from scratch for a few epochs to name each training image's "
+            "colour and shape (the stand-in for the caption pretraining real towers come with). Then two "
+            f"`tinyllava-hf train` recipes (TRL SFTTrainer): {stage_lines}."
         ),
         training_stages=stages,
         evaluation=evaluation,
@@ -285,6 +283,6 @@ def _card_info(results: dict, histories: dict[str, list[dict]], timings: dict[st
         datasets=["easy-vqa"],
         tags=["easy-vqa", "demo"],
         example_image="shape.png",
-        example_question="What color is the shape?",
+        example_question="what color is the shape?",
         example_max_new_tokens=4,
     )

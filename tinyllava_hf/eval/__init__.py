@@ -1,39 +1,38 @@
-"""Benchmark scoring for TinyLLaVA predictions: loaders, official-rule scorers, RESULT.json writer, Markdown report.
+"""Benchmark evaluation for TinyLLaVA: the task registry, loaders, official-rule scorers, RESULT.json writer, report.
 
-Pure Python, no model needed. Typical use::
+Scoring is pure Python, no model needed. Typical use::
 
     from tinyllava_hf.eval import score_file, render_report
 
     result = score_file("gqa", "answers/gqa.jsonl", "gqa/testdev_balanced_questions.json")
     print(render_report([result]))
+
+Generation (:func:`tinyllava_hf.eval.runner.run_eval`) needs torch and is imported from its module. The scorers are
+also an `evaluate` metric: ``evaluate.load(metric_path(), "gqa")`` (see :mod:`tinyllava_hf.eval.metrics`).
 """
 
-from typing import Any
-
-from .loaders import EvalDataError, UnknownTaskError, load_annotations, load_predictions, load_questions
+from .loaders import EvalDataError, UnknownTaskError, load_predictions, load_questions
+from .metrics import load_metric, metric_path, reference_rows
 from .report import main_metric, render_report
-from .scorers import SCORERS, get_scorer, list_scorers
+from .score import score_file
+from .tasks import TASKS, TaskSpec, get_task, list_tasks, load_annotations, load_task_questions, score_predictions
 
 __all__ = [
-    "SCORERS",
+    "TASKS",
     "EvalDataError",
+    "TaskSpec",
     "UnknownTaskError",
-    "get_scorer",
-    "list_scorers",
+    "get_task",
+    "list_tasks",
     "load_annotations",
+    "load_metric",
     "load_predictions",
     "load_questions",
+    "load_task_questions",
     "main_metric",
+    "metric_path",
+    "reference_rows",
     "render_report",
     "score_file",
+    "score_predictions",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # score_file is imported lazily so that ``python -m tinyllava_hf.eval.score`` does not find its own module
-    # already imported by the package (runpy warns about that).
-    if name == "score_file":
-        from .score import score_file
-
-        return score_file
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

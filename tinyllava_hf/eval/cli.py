@@ -7,8 +7,10 @@ Usage:
     tinyllava-hf eval score --task NAME --predictions PRED.jsonl --annotations PATH [--questions FILE]
                             [--output RESULT.json]
     tinyllava-hf eval report RESULT.json ... [--output REPORT.md]
+    tinyllava-hf eval easy-vqa --output-dir DIR [--split test] [--limit N] [--seed S]
 
-``python -m tinyllava_hf.eval.cli ...`` works too (without the ``tinyllava-hf`` entry point).
+Only the task registry is imported to build the parser; torch, transformers and the model load only inside
+``eval run``, so ``tinyllava-hf eval --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -18,34 +20,14 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from ..easy_vqa import SPLITS, default_data_dir, write_easy_vqa_files
+from ..files import write_text_atomic
+from ..loading import DTYPES
 from .loaders import EvalDataError, UnknownTaskError, read_json
 from .report import render_report
+from .score import score_file
 from .tasks import TASKS, get_task, list_tasks
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def load_model_and_processor(model_dir: str, device: str | None = None, dtype: str = "auto") -> tuple[Any, Any]:
-    """Load a saved TinyLLaVA folder (or Hub id) with ``AutoModelForImageTextToText`` and ``AutoProcessor``.
-
-    ``trust_remote_code=True`` lets folders saved with their own code (and other image-text-to-text checkpoints)
-    load too; ``device`` defaults to CUDA when available.
-    """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    import tinyllava_hf  # noqa: F401  (registers the TinyLLaVA classes with the Auto factories)
-
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True, dtype=torch_dtype)
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    return model.to(device).eval(), processor
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Subcommands
@@ -82,37 +64,49 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 @_user_errors
 def cmd_run(args: argparse.Namespace) -> int:
     """Generate answers for one benchmark into a (resumable) answer file."""
+    spec = get_task(args.task)  # an unknown task fails before the model is loaded
+    data, image_folder, limit, annotations = args.data, args.image_folder, args.limit, None
+    if data is None:
+        if spec.name != "easy_vqa":
+            print(
+                f"error: --data is required for {spec.name} (its question file: {spec.question_file})",
+                file=sys.stderr,
+            )
+            return 2
+        # The built-in data: write the (sampled) test split into a folder of its own next to the answer file (so
+        # different samples never overwrite each other), then run it like any other question file.
+        data_dir = default_data_dir(Path(args.output).parent, "test", limit, args.seed)
+        files = write_easy_vqa_files(data_dir, "test", limit=limit, seed=args.seed)
+        data, annotations, limit = files.questions, files.annotations, None  # --limit already chose the sample
+        image_folder = image_folder if image_folder is not None else files.image_folder
+
+    from ..loading import load_model_and_processor
     from .runner import run_eval
 
-    spec = get_task(args.task)  # unknown task fails before the model is loaded
-    if args.data is None and spec.name != "easy_vqa":
-        print(f"error: --data is required for {spec.name} (its question file: {spec.question_file})", file=sys.stderr)
-        return 2
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     result = run_eval(
         model,
         processor,
         spec,
-        args.data,
+        data,
         args.output,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
-        limit=args.limit,
-        image_folder=args.image_folder,
+        limit=limit,
+        image_folder=image_folder,
         blank_image=args.blank_image,
         model_id=args.model_id or Path(args.model.rstrip("/\\")).name,
         chat_template=args.chat_template,
-        seed=args.seed,
         progress=not args.no_progress,
     )
     print(
         f"[{result.task}] {result.model_id}: {result.num_generated} answers generated, {result.num_skipped} already "
         f"in the file ({result.num_questions} questions) -> {result.output}"
     )
-    if result.annotations_file is not None:
+    if annotations is not None:
         print(
             f"score with: tinyllava-hf eval score --task {result.task} --predictions {result.output} "
-            f"--annotations {result.annotations_file}"
+            f"--annotations {annotations}"
         )
     return 0
 
@@ -120,8 +114,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 @_user_errors
 def cmd_score(args: argparse.Namespace) -> int:
     """Score an answer file and write RESULT.json."""
-    from .score import score_file
-
     score_file(
         args.task,
         args.predictions,
@@ -136,8 +128,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 @_user_errors
 def cmd_report(args: argparse.Namespace) -> int:
     """Render RESULT.json files as one Markdown table (stdout, and ``--output`` atomically)."""
-    from .runner import write_text_atomic
-
     results = [read_json(path) for path in args.results]
     table = render_report(results)
     print(table, end="")
@@ -146,22 +136,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors
+def cmd_easy_vqa(args: argparse.Namespace) -> int:
+    """Write the built-in easy-VQA split as LLaVA-format question and annotation files."""
+    files = write_easy_vqa_files(args.output_dir, args.split, limit=args.limit, seed=args.seed)
+    print(f"{files.num_questions} questions -> {files.questions}")
+    print(f"annotations -> {files.annotations}")
+    print(f"images: {files.image_folder}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``eval`` (with ``tasks``, ``run``, ``score``, ``report``) to the ``tinyllava-hf`` command line."""
-    parser = subparsers.add_parser("eval", help="run, score and report benchmarks", description=__doc__.split("\n")[0])
+def make_eval_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """The ``eval`` parser with its ``tasks``, ``run``, ``score``, ``report`` and ``easy-vqa`` subcommands.
+
+    Added to ``subparsers`` (the ``tinyllava-hf`` command line) when given, else stand-alone. Each subcommand sets
+    ``func``, which takes the parsed arguments and returns an exit code.
+    """
+    description = "Run a benchmark, score its answers, and report results."
+    if subparsers is not None:
+        parser = subparsers.add_parser("eval", help="run, score and report benchmarks", description=description)
+    else:
+        parser = argparse.ArgumentParser(prog="tinyllava-hf eval", description=description)
     commands = parser.add_subparsers(dest="eval_command", metavar="<command>", required=True)
+    task_names = f"one of: {', '.join(list_tasks())}"
 
     tasks = commands.add_parser("tasks", help="list the benchmarks, their files and prompts")
     tasks.set_defaults(func=cmd_tasks)
 
     run = commands.add_parser("run", help="generate answers (resumable) for a benchmark")
     run.add_argument("--model", required=True, help="saved model folder (or Hub id)")
-    run.add_argument("--task", required=True, help=f"one of: {', '.join(list_tasks())}")
+    run.add_argument("--task", required=True, help=task_names)
     run.add_argument("--data", default=None, help="question file (optional for easy_vqa: built in)")
     run.add_argument("--image-folder", default=None, help="folder the question file's image paths are relative to")
     run.add_argument("--output", required=True, help="answer file PRED.jsonl (resumed if it exists)")
@@ -180,7 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(func=cmd_run)
 
     score = commands.add_parser("score", help="score an answer file, write RESULT.json")
-    score.add_argument("--task", required=True, help=f"one of: {', '.join(list_tasks())}")
+    score.add_argument("--task", required=True, help=task_names)
     score.add_argument("--predictions", required=True, help="answer file (JSON lines with question_id, text)")
     score.add_argument("--annotations", required=True, help="the benchmark's annotation file or folder")
     score.add_argument("--questions", default=None, help="LLaVA question file (POPE only)")
@@ -193,17 +202,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--output", default=None, help="also write the table to this file (REPORT.md)")
     report.set_defaults(func=cmd_report)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m tinyllava_hf.eval.cli eval ...`` or ``... run ...`` both work."""
-    parser = argparse.ArgumentParser(prog="tinyllava-hf")
-    register(parser.add_subparsers(dest="command", metavar="<subcommand>", required=True))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] != "eval" and not argv[0].startswith("-"):
-        argv = ["eval", *argv]
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    easy_vqa = commands.add_parser("easy-vqa", help="write the built-in easy-VQA data as question/annotation files")
+    easy_vqa.add_argument("--output-dir", required=True, help="folder for questions.jsonl and annotations.jsonl")
+    easy_vqa.add_argument("--split", default="test", choices=SPLITS)
+    easy_vqa.add_argument("--limit", type=int, default=None, help="a --seed-ed random sample of this many questions")
+    easy_vqa.add_argument("--seed", type=int, default=0, help="sampling seed (with --limit)")
+    easy_vqa.set_defaults(func=cmd_easy_vqa)
+    return parser

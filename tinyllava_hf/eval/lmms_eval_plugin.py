@@ -76,9 +76,9 @@ def _build_class() -> type:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .cli import load_model_and_processor
+    from ..constants import IMAGE_TOKEN
+    from ..loading import load_model_and_processor
     from .runner import generate_batch
-    from .tasks import IMAGE_MARKER
 
     class TinyLlavaLMM(lmms):
         """lmms-eval model backed by a saved tinyllava-hf checkpoint (``AutoModelForImageTextToText``).
@@ -143,7 +143,7 @@ def _build_class() -> type:
                     content.append({"type": "audio", "audio": visual["array"]})
                 elif visual is not None:
                     raise NotImplementedError(f"tinyllava_hf takes images and audio, not {type(visual).__name__}")
-            content.append({"type": "text", "text": context.replace(IMAGE_MARKER, "").strip()})
+            content.append({"type": "text", "text": context.replace(IMAGE_TOKEN, "").strip()})
             return [{"role": "user", "content": content}]
 
         def _check_sampling_rate(self, audio: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import ast
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ class EvalDataError(ValueError):
 
 
 class UnknownTaskError(KeyError, ValueError):
-    """A task name that is not in a registry; the message lists the valid names.
+    """A task name that is not in the task registry (:data:`~tinyllava_hf.eval.tasks.TASKS`); lists the valid ones.
 
     Subclasses both ``KeyError`` (it is a failed registry lookup) and ``ValueError`` (it is a bad argument), so
     callers can catch either.
@@ -607,36 +607,3 @@ def load_easy_vqa_annotations(path: PathLike) -> dict[str, dict[str, Any]]:
     if not out:
         raise EvalDataError(f"{path}: no easy-VQA answers found")
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------------------------
-
-ANNOTATION_LOADERS: dict[str, Callable[..., dict[str, dict[str, Any]]]] = {
-    "vqav2": load_vqav2_annotations,
-    "textvqa": load_textvqa_annotations,
-    "gqa": load_gqa_annotations,
-    "pope": load_pope_annotations,
-    "mme": load_mme_annotations,
-    "scienceqa": load_scienceqa_annotations,
-    "mmmu": load_mmmu_annotations,
-    "mmvet": load_mmvet_annotations,
-    "easy_vqa": load_easy_vqa_annotations,
-}
-
-
-def load_annotations(
-    task: str, path: PathLike, *, questions_path: PathLike | None = None
-) -> dict[str, dict[str, Any]]:
-    """Load the annotations of ``task`` (an exact name from :data:`ANNOTATION_LOADERS`) from ``path``.
-
-    ``questions_path`` (a LLaVA question file) is only used by ``pope``; giving it for another task is an error.
-    """
-    if task not in ANNOTATION_LOADERS:
-        raise UnknownTaskError(task, list(ANNOTATION_LOADERS))
-    if questions_path is not None:
-        if task != "pope":
-            raise ValueError(f"questions_path is only used by the 'pope' loader, not {task!r}")
-        return load_pope_annotations(path, questions_path=questions_path)
-    return ANNOTATION_LOADERS[task](path)

@@ -4,22 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .loaders import UnknownTaskError
-
-# Headline metric first, then secondary ones shown alongside it. These follow how papers (LLaVA-1.5, TinyLLaVA)
-# report each benchmark: POPE as F1 averaged over its splits, MME as the perception total, ScienceQA on image
-# questions.
-MAIN_METRICS: dict[str, tuple[str, ...]] = {
-    "vqav2": ("accuracy",),
-    "textvqa": ("accuracy",),
-    "gqa": ("accuracy",),
-    "pope": ("f1", "accuracy"),
-    "mme": ("perception", "cognition"),
-    "scienceqa": ("img_accuracy", "accuracy"),
-    "mmmu": ("accuracy",),
-    "mmvet": ("total",),
-    "easy_vqa": ("accuracy",),
-}
+from .tasks import get_task
 
 
 def _number(value: Any) -> float | None:
@@ -28,11 +13,10 @@ def _number(value: Any) -> float | None:
 
 
 def main_metric(task: str, metrics: dict[str, Any]) -> tuple[str, float | None]:
-    """The headline ``(metric name, value)`` of a task's metrics; value is ``None`` when not scored (e.g. MM-Vet
-    without a judge). Raises :class:`~tinyllava_hf.eval.loaders.UnknownTaskError` for an unknown task."""
-    if task not in MAIN_METRICS:
-        raise UnknownTaskError(task, list(MAIN_METRICS))
-    name = MAIN_METRICS[task][0]
+    """The headline ``(metric name, value)`` of a task's metrics (its :attr:`TaskSpec.main_metrics` first entry);
+    value is ``None`` when not scored (e.g. MM-Vet without a judge). Raises
+    :class:`~tinyllava_hf.eval.loaders.UnknownTaskError` for an unknown task."""
+    name = get_task(task).main_metrics[0]
     return name, _number(metrics.get(name))
 
 
@@ -57,7 +41,7 @@ def render_report(results: list[dict[str, Any]]) -> str:
         name, value = main_metric(task, metrics)
         shown = f"{value:.2f}" if value is not None else str(metrics.get("status", "n/a"))
         others = []
-        for other in MAIN_METRICS[task][1:]:
+        for other in get_task(task).main_metrics[1:]:
             other_value = _number(metrics.get(other))
             if other_value is not None:
                 others.append(f"{other} {other_value:.2f}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -34,6 +33,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..files import write_text_atomic
 from .loaders import EvalDataError, PathLike
 from .tasks import EvalQuestion, TaskSpec, get_task, load_task_questions
 
@@ -57,8 +57,7 @@ class RunResult:
         num_skipped: questions already answered in ``output`` before this run (resumed).
         num_generated: questions answered by this run.
         num_dropped_lines: truncated or corrupt trailing lines removed from ``output`` before resuming.
-        questions_file: the question file used (for ``easy_vqa`` without ``data``: the one written for this run).
-        annotations_file: for the built-in ``easy_vqa`` data, the annotations to score against; else ``None``.
+        questions_file: the question file answered.
     """
 
     output: Path
@@ -69,31 +68,11 @@ class RunResult:
     num_generated: int
     num_dropped_lines: int
     questions_file: Path
-    annotations_file: Path | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``).
-
-    Readers never see a half-written file and an interrupted write leaves the previous file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -344,18 +323,11 @@ def _record_key(record: dict[str, Any], by_prompt: bool) -> Any:
     return (str(record["question_id"]), record.get("prompt")) if by_prompt else str(record["question_id"])
 
 
-def _prepare_builtin_easy_vqa(output: Path, limit: int | None, seed: int) -> tuple[Path, Path, Path]:
-    from .easy_vqa import default_data_dir, write_easy_vqa_files
-
-    files = write_easy_vqa_files(default_data_dir(output.parent, "test", limit, seed), "test", limit=limit, seed=seed)
-    return files.questions, files.annotations, files.image_folder
-
-
 def run_eval(
     model: Any,
     processor: Any,
     task: str | TaskSpec,
-    data: PathLike | None,
+    data: PathLike,
     output: PathLike,
     batch_size: int = 8,
     max_new_tokens: int | None = None,
@@ -365,7 +337,6 @@ def run_eval(
     blank_image: bool = False,
     model_id: str | None = None,
     chat_template: str | None = None,
-    seed: int = 0,
     progress: bool = True,
 ) -> RunResult:
     """Answer a benchmark's questions with ``model`` and append them to the answer file ``output`` (resumable).
@@ -374,18 +345,17 @@ def run_eval(
         model: a TinyLLaVA (or any image-text-to-text) model with ``generate``; put in eval mode here.
         processor: its processor (``apply_chat_template`` with image blocks, ``batch_decode``).
         task: exact task name (:func:`~tinyllava_hf.eval.tasks.list_tasks`) or a :class:`TaskSpec`.
-        data: the task's question file. ``None`` is only allowed for ``easy_vqa``: the built-in test split is
-            written (questions + annotations) to a folder next to ``output``.
+        data: the task's question file (for the built-in ``easy_vqa`` data, written by
+            :func:`tinyllava_hf.easy_vqa.write_easy_vqa_files`).
         output: answer file (JSON lines); created, or resumed when it exists.
         batch_size: questions per ``generate`` call.
         max_new_tokens: generation budget; defaults to the task's upstream value.
-        limit: only the first ``limit`` questions (for built-in ``easy_vqa``: a ``seed``-ed random sample of them).
+        limit: only the first ``limit`` questions.
         image_folder: folder the question file's ``image`` paths are relative to.
         blank_image: replace every image by a uniform mean-colour image of the same size (a "blind" baseline);
             the model id gets a ``+blank-image`` suffix so such answers are never mixed with real ones.
         model_id: ``model_id`` written on every line (default: last path component of the checkpoint).
         chat_template: name (or Jinja source) of the processor chat template; default: the processor's default.
-        seed: sampling seed of built-in ``easy_vqa`` with ``limit``.
         progress: show a tqdm progress bar.
 
     Raises:
@@ -398,13 +368,6 @@ def run_eval(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     output = Path(output)
-    annotations_file = None
-    if data is None:
-        if spec.name != "easy_vqa":
-            raise ValueError(f"task {spec.name!r} needs a question file (data); only easy_vqa has built-in data")
-        data, annotations_file, builtin_images = _prepare_builtin_easy_vqa(output, limit, seed)
-        image_folder = image_folder if image_folder is not None else builtin_images
-        limit = None  # already applied by the seeded sample
     questions = load_task_questions(spec, data)
     if limit is not None:
         questions = questions[:limit]
@@ -480,5 +443,4 @@ def run_eval(
         num_generated=len(pending),
         num_dropped_lines=existing.dropped,
         questions_file=Path(data),
-        annotations_file=annotations_file,
     )

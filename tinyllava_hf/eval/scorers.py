@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .loaders import UnknownTaskError, mme_key
+from .loaders import mme_key
 from .vqa_normalize import evalai_normalize, normalize_answer, process_punctuation
 
 Prediction = dict[str, Any]
@@ -718,36 +718,3 @@ def score_easy_vqa(predictions: list[Prediction], annotations: Annotations) -> d
     pairs, missing = match_predictions(predictions, annotations)
     correct = [easy_vqa_normalize(_text(pred)) == easy_vqa_normalize(ann["answer"]) for _, pred, ann in pairs]
     return _with_bookkeeping({"accuracy": _pct(sum(correct), len(correct))}, len(pairs), missing)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------------------------
-
-SCORERS: dict[str, Scorer] = {
-    "vqav2": score_vqav2,
-    "textvqa": score_textvqa,
-    "gqa": score_gqa,
-    "pope": score_pope,
-    "mme": score_mme,
-    "scienceqa": score_scienceqa,
-    "mmmu": score_mmmu,
-    "mmvet": score_mmvet,
-    "easy_vqa": score_easy_vqa,
-}
-
-# Scorers that take a ``judge`` keyword.
-JUDGED_TASKS: frozenset[str] = frozenset({"mmvet"})
-
-
-def list_scorers() -> list[str]:
-    """Names of all registered scorers, sorted."""
-    return sorted(SCORERS)
-
-
-def get_scorer(name: str) -> Scorer:
-    """The scorer registered under exactly ``name``; raises :class:`UnknownTaskError` listing valid names."""
-    try:
-        return SCORERS[name]
-    except KeyError:
-        raise UnknownTaskError(name, list(SCORERS)) from None

@@ -7,8 +7,12 @@ Every task is registered under one exact name (``vqav2``, ``gqa``, ``textvqa``, 
   LLaVA conversation JSON; TinyLLaVA's MMMU ``anns_for_eval.json``);
 * the response-format prompt suffix that upstream LLaVA-1.5 / TinyLLaVA evaluated with;
 * the generation budget (``max_new_tokens``) of the upstream inference script;
-* the scorer (:data:`~tinyllava_hf.eval.scorers.SCORERS`) and annotation loader
-  (:data:`~tinyllava_hf.eval.loaders.ANNOTATION_LOADERS`) that turn predictions into the official metric.
+* the annotation loader (:mod:`~tinyllava_hf.eval.loaders`) and scorer (:mod:`~tinyllava_hf.eval.scorers`) that
+  turn predictions into the official metric, the headline metrics the report shows, and whether scoring needs an LLM
+  judge.
+
+This registry is the one place a task is defined: ``eval run``/``eval score``/``eval report``, :func:`load_annotations`
+and the packaged ``evaluate`` metric all look tasks up here.
 
 Where the suffixes come from (all verified against the upstream sources):
 
@@ -32,21 +36,18 @@ so LLaVA's files, which carry it, are used unchanged, and plain files get the up
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .loaders import ANNOTATION_LOADERS, EvalDataError, PathLike, UnknownTaskError, read_records
-from .report import MAIN_METRICS
-from .scorers import SCORERS
+from ..constants import IMAGE_TOKEN
+from . import loaders, scorers
+from .loaders import EvalDataError, PathLike, UnknownTaskError, read_records
+from .scorers import Annotations, Judge, Prediction, Scorer
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 OPTION_LETTER = "Answer with the option's letter from the given choices directly."
-
-# The placeholder that upstream files sometimes embed in question text. The processor inserts image placeholders
-# itself (one per image block), so a literal one left in the text would break the placeholder count.
-IMAGE_MARKER = "<image>"
 
 QuestionFormat = Literal["llava_jsonl", "scienceqa_llava", "mmmu_anns"]
 
@@ -74,14 +75,18 @@ class TaskSpec:
     """How one benchmark is run and scored.
 
     Attributes:
-        name: exact registry name, shared with the scorer and loader registries.
+        name: exact registry name (``--task``).
         title: human-readable benchmark name.
         question_format: how :func:`load_task_questions` reads the question file.
         prompt_suffix: response-format prompt appended when missing (``None``: no suffix).
         prompt_suffix_by_type: per ``question_type`` suffixes (MMMU), used instead of ``prompt_suffix``.
         max_new_tokens: upstream generation budget.
-        scorer: key in :data:`~tinyllava_hf.eval.scorers.SCORERS`.
-        annotation_loader: key in :data:`~tinyllava_hf.eval.loaders.ANNOTATION_LOADERS`.
+        annotation_loader: reads the benchmark's annotation file or folder into ``{key: record}``
+            (a function of :mod:`~tinyllava_hf.eval.loaders`).
+        scorer: turns predictions and those annotations into metrics (a function of
+            :mod:`~tinyllava_hf.eval.scorers`).
+        main_metrics: the headline metric first, then the secondary ones the report shows beside it.
+        needs_judge: whether the scorer takes an LLM ``judge`` (MM-Vet); without one it reports "not scored".
         question_file: the usual question file name (documentation and CLI hints).
         image_folder: the usual image folder name (documentation and CLI hints).
         annotations: what to pass to ``eval score --annotations``.
@@ -94,16 +99,20 @@ class TaskSpec:
     question_format: QuestionFormat
     prompt_suffix: str | None
     max_new_tokens: int
-    scorer: str
-    annotation_loader: str
+    annotation_loader: Callable[..., Annotations]
+    scorer: Scorer
+    main_metrics: tuple[str, ...]
     question_file: str
     image_folder: str
     annotations: str
     upstream: str
     prompt_suffix_by_type: Mapping[str, str] = field(default_factory=dict)
     needs_questions_to_score: bool = False
+    needs_judge: bool = False
 
 
+# Headline metrics follow how papers (LLaVA-1.5, TinyLLaVA) report each benchmark: POPE as F1 averaged over its
+# splits, MME as the perception total, ScienceQA on image questions.
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
@@ -113,8 +122,9 @@ TASKS: dict[str, TaskSpec] = {
             question_format="llava_jsonl",
             prompt_suffix=SHORT_ANSWER,
             max_new_tokens=128,
-            scorer="vqav2",
-            annotation_loader="vqav2",
+            annotation_loader=loaders.load_vqav2_annotations,
+            scorer=scorers.score_vqav2,
+            main_metrics=("accuracy",),
             question_file="llava_vqav2_mscoco_test-dev2015.jsonl",
             image_folder="test2015",
             annotations="v2_mscoco_val2014_annotations.json (val only; test-dev is scored by the EvalAI server)",
@@ -126,8 +136,9 @@ TASKS: dict[str, TaskSpec] = {
             question_format="llava_jsonl",
             prompt_suffix=SHORT_ANSWER,
             max_new_tokens=128,
-            scorer="gqa",
-            annotation_loader="gqa",
+            annotation_loader=loaders.load_gqa_annotations,
+            scorer=scorers.score_gqa,
+            main_metrics=("accuracy",),
             question_file="llava_gqa_testdev_balanced.jsonl",
             image_folder="images",
             annotations="testdev_balanced_questions.json",
@@ -139,8 +150,9 @@ TASKS: dict[str, TaskSpec] = {
             question_format="llava_jsonl",
             prompt_suffix=SHORT_ANSWER,
             max_new_tokens=128,
-            scorer="textvqa",
-            annotation_loader="textvqa",
+            annotation_loader=loaders.load_textvqa_annotations,
+            scorer=scorers.score_textvqa,
+            main_metrics=("accuracy",),
             question_file="llava_textvqa_val_v051_ocr.jsonl",
             image_folder="train_images",
             annotations="TextVQA_0.5.1_val.json",
@@ -152,8 +164,9 @@ TASKS: dict[str, TaskSpec] = {
             question_format="scienceqa_llava",
             prompt_suffix=OPTION_LETTER,
             max_new_tokens=1024,
-            scorer="scienceqa",
-            annotation_loader="scienceqa",
+            annotation_loader=loaders.load_scienceqa_annotations,
+            scorer=scorers.score_scienceqa,
+            main_metrics=("img_accuracy", "accuracy"),
             question_file="llava_test_CQM-A.json",
             image_folder="images/test",
             annotations="the folder holding problems.json and pid_splits.json",
@@ -167,8 +180,9 @@ TASKS: dict[str, TaskSpec] = {
             question_format="llava_jsonl",
             prompt_suffix=SHORT_ANSWER,
             max_new_tokens=128,
-            scorer="pope",
-            annotation_loader="pope",
+            annotation_loader=loaders.load_pope_annotations,
+            scorer=scorers.score_pope,
+            main_metrics=("f1", "accuracy"),
             question_file="llava_pope_test.jsonl",
             image_folder="val2014",
             annotations="the coco/ folder with coco_pope_{adversarial,popular,random}.json",
@@ -181,8 +195,9 @@ TASKS: dict[str, TaskSpec] = {
             question_format="llava_jsonl",
             prompt_suffix=SHORT_ANSWER,
             max_new_tokens=128,
-            scorer="mme",
-            annotation_loader="mme",
+            annotation_loader=loaders.load_mme_annotations,
+            scorer=scorers.score_mme,
+            main_metrics=("perception", "cognition"),
             question_file="llava_mme.jsonl",
             image_folder="MME_Benchmark_release_version",
             annotations="MME_Benchmark_release_version (the per-subtask question/answer .txt files)",
@@ -195,8 +210,9 @@ TASKS: dict[str, TaskSpec] = {
             prompt_suffix=None,
             prompt_suffix_by_type={"multiple-choice": OPTION_LETTER, "open": SHORT_ANSWER},
             max_new_tokens=1024,
-            scorer="mmmu",
-            annotation_loader="mmmu",
+            annotation_loader=loaders.load_mmmu_annotations,
+            scorer=scorers.score_mmmu,
+            main_metrics=("accuracy",),
             question_file="anns_for_eval.json",
             image_folder="all_images",
             annotations="MMMU validation samples with answers (id, question_type, answer, options or index2ans)",
@@ -208,8 +224,10 @@ TASKS: dict[str, TaskSpec] = {
             question_format="llava_jsonl",
             prompt_suffix=None,  # open-ended answers, judged by an LLM: LLaVA-1.5 adds no format prompt
             max_new_tokens=1024,
-            scorer="mmvet",
-            annotation_loader="mmvet",
+            annotation_loader=loaders.load_mmvet_annotations,
+            scorer=scorers.score_mmvet,
+            main_metrics=("total",),
+            needs_judge=True,
             question_file="llava-mm-vet.jsonl",
             image_folder="images",
             annotations="mm-vet.json",
@@ -223,9 +241,10 @@ TASKS: dict[str, TaskSpec] = {
             # "<image>\n{question}", gpt turn the one-word answer); a suffix the model never saw would only hurt.
             prompt_suffix=None,
             max_new_tokens=16,  # one word and an end token; no upstream script exists for this toy task
-            scorer="easy_vqa",
-            annotation_loader="easy_vqa",
-            question_file="questions.jsonl (written by tinyllava_hf.eval.easy_vqa)",
+            annotation_loader=loaders.load_easy_vqa_annotations,
+            scorer=scorers.score_easy_vqa,
+            main_metrics=("accuracy",),
+            question_file="questions.jsonl (written by tinyllava-hf eval easy-vqa, or eval run without --data)",
             image_folder="the easy-vqa package's data/<split>/images",
             annotations="annotations.jsonl (written next to questions.jsonl)",
             upstream="tinyllava_hf (no upstream TinyLLaVA script)",
@@ -247,22 +266,37 @@ def get_task(name: str) -> TaskSpec:
         raise UnknownTaskError(name, list(TASKS)) from None
 
 
-def validate_registry() -> None:
-    """Check that every task's scorer, loader and report metric exist (a broken registry fails loudly at import)."""
-    for name, spec in TASKS.items():
-        if spec.name != name:
-            raise AssertionError(f"task {name!r} is registered under the wrong key ({spec.name!r})")
-        if spec.scorer not in SCORERS:
-            raise AssertionError(f"task {name!r}: unknown scorer {spec.scorer!r}")
-        if spec.annotation_loader not in ANNOTATION_LOADERS:
-            raise AssertionError(f"task {name!r}: unknown annotation loader {spec.annotation_loader!r}")
-        if spec.scorer not in MAIN_METRICS:
-            raise AssertionError(f"task {name!r}: scorer {spec.scorer!r} has no headline metric in the report")
-        if spec.max_new_tokens < 1:
-            raise AssertionError(f"task {name!r}: max_new_tokens must be positive")
+def load_annotations(task: str | TaskSpec, path: PathLike, *, questions_path: PathLike | None = None) -> Annotations:
+    """Load the annotations of ``task`` from ``path`` with the task's loader.
+
+    ``questions_path`` (a LLaVA question file) is only used by tasks that map question ids through it (``pope``);
+    giving it for another task is an error rather than silently ignored.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if questions_path is None:
+        return spec.annotation_loader(path)
+    if not spec.needs_questions_to_score:
+        users = ", ".join(repr(name) for name, other in TASKS.items() if other.needs_questions_to_score)
+        raise ValueError(f"questions_path is only used by the {users} loader, not {spec.name!r}")
+    return spec.annotation_loader(path, questions_path=questions_path)
 
 
-validate_registry()
+def score_predictions(
+    task: str | TaskSpec, predictions: list[Prediction], annotations: Annotations, judge: Judge | None = None
+) -> dict[str, Any]:
+    """Score ``predictions`` against ``annotations`` with the task's scorer: its metrics plus the bookkeeping keys
+    ``num_scored`` and ``missing`` (see :mod:`~tinyllava_hf.eval.scorers`).
+
+    ``judge`` (``prompt -> reply``) is passed to tasks that need one; giving it to another task is an error, since it
+    would otherwise be silently ignored.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if spec.needs_judge:
+        return spec.scorer(predictions, annotations, judge=judge)
+    if judge is not None:
+        judged = sorted(name for name, other in TASKS.items() if other.needs_judge)
+        raise ValueError(f"a judge is only used by {judged}, not {spec.name!r}")
+    return spec.scorer(predictions, annotations)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -275,7 +309,9 @@ def apply_suffix(text: str, suffix: str | None) -> str:
 
     Image markers are removed first and the text stripped, as upstream's ``replace("<image>", "").strip()`` does.
     """
-    text = text.replace(IMAGE_MARKER, "").strip()
+    # The processor inserts the image placeholders itself (one per image block): a literal one left in the text
+    # would break the placeholder count.
+    text = text.replace(IMAGE_TOKEN, "").strip()
     if not suffix or text.endswith(suffix):
         return text
     return f"{text}\n{suffix}"

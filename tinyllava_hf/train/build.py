@@ -46,7 +46,7 @@ from .arguments import ModelArguments
 __all__ = [
     "NON_LLM_MODULES",
     "build_from_parts",
-    "load_model_and_processor",
+    "load_training_start",
     "load_pretrained",
     "quantization_config_for",
 ]
@@ -228,7 +228,7 @@ def load_pretrained(
     return model, processor
 
 
-def load_model_and_processor(
+def load_training_start(
     args: ModelArguments, base_model_dir: str | Path | None = None, is_main_process: bool = True
 ) -> tuple[TinyLlavaForConditionalGeneration, TinyLlavaProcessor]:
     """The model and processor a training run starts from.

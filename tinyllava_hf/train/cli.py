@@ -1,13 +1,28 @@
-"""`tinyllava-hf train` and `tinyllava-hf merge-lora`: wired into `tinyllava_hf.cli` through `register(subparsers)`.
+"""Parsers of `tinyllava-hf train`, `tinyllava-hf merge-lora` and `tinyllava-hf tiny-parts`.
 
-tinyllava-hf train --config recipes/debug/pretrain/config_siglip_llama.yaml [--key value ...]
-tinyllava-hf train --help                     # every ModelArguments / DataArguments / SFTConfig option
-tinyllava-hf merge-lora ADAPTER_DIR OUT [--base-model PATH] [--dtype float32]
+    tinyllava-hf train --config recipes/debug/pretrain/config_siglip_llama.yaml [--key value ...]
+    tinyllava-hf train --help                     # every ModelArguments / DataArguments / SFTConfig option
+    tinyllava-hf merge-lora ADAPTER_DIR OUT [--base-model PATH] [--dtype float32]
+    tinyllava-hf tiny-parts [OUT_DIR]             # the tiny local parts + data the debug recipes train on
+
+Each `make_<command>_parser(subparsers=None)` follows TRL's `make_parser` pattern (see `tinyllava_hf.cli`). Launchers
+that need a module use the package's one entry point: `torchrun --nproc_per_node 2 -m tinyllava_hf train --config ...`.
 """
+
+from __future__ import annotations
 
 import argparse
 
-__all__ = ["register"]
+__all__ = ["make_merge_lora_parser", "make_tiny_parts_parser", "make_train_parser"]
+
+
+def _new_parser(subparsers: argparse._SubParsersAction | None, name: str, **kwargs) -> argparse.ArgumentParser:
+    """The command's parser: added to `subparsers` (`tinyllava-hf NAME`) or stand-alone, named the same either way."""
+    kwargs["prog"] = f"tinyllava-hf {name}"  # not the top-level usage line argparse would prefix
+    if subparsers is not None:
+        return subparsers.add_parser(name, **kwargs)
+    kwargs.pop("help", None)
+    return argparse.ArgumentParser(**kwargs)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -17,31 +32,68 @@ def _train(args: argparse.Namespace) -> int:
     return main(args.train_argv)
 
 
-def _merge_lora(args: argparse.Namespace) -> int:
-    from .merge import main
+def make_train_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """`tinyllava-hf train`: forwards its whole command line to the trainer's `TrlParser` (`trainer.make_parser`).
 
-    return main(args.adapter_dir, args.out_dir, base_model=args.base_model, dtype=args.dtype)
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `train` and `merge-lora` subcommands; each parser's `func` returns an exit code."""
-    # `train` hands its whole command line to `trl.TrlParser` (YAML + overrides + its own --help), so this parser
-    # must not interpret any option: with "+" as its only prefix, every "--key" reaches `train_argv` verbatim.
-    train = subparsers.add_parser(
+    That parser reads the recipe YAML, the overrides (`--output_dir` and `--output-dir` alike) and answers `--help`, so
+    this one must not interpret any option: with "+" as its only prefix, every "--key" reaches `train_argv` verbatim.
+    """
+    parser = _new_parser(
+        subparsers,
         "train",
         help="train (pretrain/finetune) with TRL's SFTTrainer from a recipe YAML; see `train --help`",
         description="tinyllava-hf train --config RECIPE.yaml [--key value ...]",
         prefix_chars="+",
         add_help=False,
     )
-    train.add_argument("train_argv", nargs="*", help="--config RECIPE.yaml and --key value overrides")
-    train.set_defaults(func=_train)
+    parser.add_argument("train_argv", nargs="*", help="--config RECIPE.yaml and --key value overrides")
+    parser.set_defaults(func=_train)
+    return parser
 
-    merge = subparsers.add_parser(
-        "merge-lora", help="merge a LoRA/QLoRA adapter into its base model (full-precision checkpoint)"
+
+def _merge_lora(args: argparse.Namespace) -> int:
+    from .merge import merge_lora
+
+    merge_lora(args.adapter_dir, args.out_dir, base_model=args.base_model, dtype=args.dtype)
+    print(f"Merged checkpoint written to {args.out_dir}")
+    return 0
+
+
+def make_merge_lora_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """`tinyllava-hf merge-lora ADAPTER_DIR OUT`: fold a LoRA/QLoRA adapter into its base model."""
+    parser = _new_parser(
+        subparsers,
+        "merge-lora",
+        help="merge a LoRA/QLoRA adapter into its base model (full-precision checkpoint)",
+        description="Merge the LoRA/QLoRA adapter of a `tinyllava-hf train` run into its base model and save an "
+        "ordinary checkpoint with its processor.",
     )
-    merge.add_argument("adapter_dir", help="Folder with adapter_config.json (a train output_dir or checkpoint).")
-    merge.add_argument("out_dir", help="Where to write the merged checkpoint and processor.")
-    merge.add_argument("--base-model", default=None, help="Base checkpoint (default: the adapter's recorded base).")
-    merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    merge.set_defaults(func=_merge_lora)
+    parser.add_argument("adapter_dir", help="Folder with adapter_config.json (a train output_dir or checkpoint).")
+    parser.add_argument("out_dir", help="Where to write the merged checkpoint and processor.")
+    parser.add_argument("--base-model", default=None, help="Base checkpoint (default: the adapter's recorded base).")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.set_defaults(func=_merge_lora)
+    return parser
+
+
+def _tiny_parts(args: argparse.Namespace) -> int:
+    from .tiny_parts import save_tiny_parts
+
+    for name, path in save_tiny_parts(args.out_dir, seed=args.seed).items():
+        print(f"{name:13s} {path}")
+    return 0
+
+
+def make_tiny_parts_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """`tinyllava-hf tiny-parts [OUT_DIR]`: what the debug recipes (`recipes/debug/`) build their model from."""
+    parser = _new_parser(
+        subparsers,
+        "tiny-parts",
+        help="write tiny random LM/vision/audio parts and shapes data for the debug recipes",
+        description="Save a tiny Llama LM, SigLIP tower and Whisper encoder (random weights) and small shapes "
+        "datasets as Hugging Face folders, where the debug recipes expect them by default.",
+    )
+    parser.add_argument("out_dir", nargs="?", default="outputs/tiny_parts", help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation seed (default: %(default)s)")
+    parser.set_defaults(func=_tiny_parts)
+    return parser

@@ -25,14 +25,13 @@ from datasets import Dataset
 from PIL import Image
 from transformers import ProcessorMixin
 
+from ..constants import IGNORE_INDEX
 from .data import BadSampleError, load_audio, load_image
 from .packing import pack_samples
 
-__all__ = ["IGNORE_INDEX", "OverlengthError", "SampleLayout", "TinyLlavaCollator", "filter_overlength"]
+__all__ = ["OverlengthError", "SampleLayout", "TinyLlavaCollator", "filter_overlength"]
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 class OverlengthError(ValueError):

@@ -29,7 +29,8 @@ import numpy as np
 from datasets import Dataset
 from PIL import Image
 
-from ..chat_templates import AUDIO_TOKEN, IMAGE_TOKEN, upstream_conversation_to_messages
+from ..chat_templates import upstream_conversation_to_messages
+from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
 
 __all__ = [
     "BadSampleError",

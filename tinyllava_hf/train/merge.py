@@ -46,10 +46,3 @@ def merge_lora(
     AutoProcessor.from_pretrained(adapter_dir if has_processor else base_path).save_pretrained(out_dir)
     logger.info("Merged %s into %s -> %s", adapter_dir, base_path, out_dir)
     return out_dir
-
-
-def main(adapter_dir: str, out_dir: str, base_model: str | None = None, dtype: str = "float32") -> int:
-    """Entry point of `tinyllava-hf merge-lora`."""
-    merge_lora(adapter_dir, out_dir, base_model=base_model, dtype=dtype)
-    print(f"Merged checkpoint written to {out_dir}")
-    return 0

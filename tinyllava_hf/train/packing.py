@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["pack_samples", "segment_lengths"]
+from ..constants import IGNORE_INDEX
 
-IGNORE_INDEX = -100  # the collator's too; defined here because the collator imports this module
+__all__ = ["pack_samples", "segment_lengths"]
 
 
 def _segments(item: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -31,7 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from .arguments import DataArguments, ModelArguments
-from .build import load_model_and_processor
+from .build import load_training_start
 from .collator import TinyLlavaCollator, filter_overlength
 from .data import load_dataset_files
 from .sampler import ModalityLengthGroupedSampler, add_length_columns
@@ -139,7 +139,7 @@ def run_training(
     loads_partitioned = is_deepspeed_zero3_enabled() and model_args.model_name_or_path is not None
     building = nullcontext() if loads_partitioned else training_args.main_process_first(desc="building the model")
     with building:
-        model, processor = load_model_and_processor(
+        model, processor = load_training_start(
             model_args,
             base_model_dir=output_dir / BASE_MODEL_SUBDIR,
             is_main_process=training_args.process_index == 0,
@@ -199,12 +199,7 @@ def run_training(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `tinyllava-hf train` (`argv=None` reads `sys.argv`)."""
+    """What `tinyllava-hf train` runs: parse `argv` (`--config RECIPE.yaml` + overrides), train, return 0."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     run_training(*parse_train_args(argv))
     return 0
-
-
-if __name__ == "__main__":
-    # `torchrun --nproc_per_node N -m tinyllava_hf.train.trainer --config ...` (or `accelerate launch -m ...`).
-    raise SystemExit(main())

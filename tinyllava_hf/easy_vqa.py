@@ -1,4 +1,7 @@
-"""The built-in easy-VQA task: questions and images shipped by the ``easy-vqa`` pip package, as LLaVA-format files.
+"""easy-VQA data: questions and images shipped by the ``easy-vqa`` pip package, as LLaVA-format files.
+
+The one place the package reads easy-VQA: the evaluation's built-in ``easy_vqa`` task (``tinyllava-hf eval``) and the
+demo (``tinyllava-hf demo``) both take their questions, answer vocabulary and files from here.
 
 easy-VQA (https://github.com/vzhou842/easy-VQA) has 64x64 images of one coloured shape and questions with one-word
 answers (a shape, a colour, yes or no). The package stores questions as ``[text, answer, image_id]`` triples and
@@ -11,23 +14,25 @@ images as ``<image_id>.png``; this module writes them as the files the rest of t
 Question ids are the 0-based positions in the package's ``questions.json`` of the split, so they are stable across
 samples. ``limit`` with ``seed`` picks a fixed random sample (``random.Random(seed).sample``), kept in id order.
 
-Usage: ``python -m tinyllava_hf.eval.easy_vqa --output-dir data/easy_vqa --limit 500 --seed 0``
+From the command line: ``tinyllava-hf eval easy-vqa --output-dir data/easy_vqa --limit 500 --seed 0``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .loaders import EvalDataError, PathLike
-from .runner import write_text_atomic
+from .eval.loaders import EvalDataError
+from .files import PathLike, write_text_atomic
 
 SPLITS: tuple[str, ...] = ("train", "test")
-SHAPES: frozenset[str] = frozenset({"circle", "rectangle", "triangle"})
+# The package's 13 answers are these 8 colours, 3 shapes, and yes/no. Ordered tuples: the demo's vision-tower
+# pretraining uses their positions as class labels.
+COLORS: tuple[str, ...] = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+SHAPES: tuple[str, ...] = ("circle", "rectangle", "triangle")
 
 
 @dataclass(frozen=True)
@@ -118,22 +123,3 @@ def write_easy_vqa_files(
         "".join(json.dumps({"question_id": r["question_id"], "answer": r["answer"]}) + "\n" for r in chosen),
     )
     return EasyVqaFiles(questions, annotations, folder, len(chosen))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write easy-VQA question/annotation files (``--limit``/``--seed`` for a fixed sample)."""
-    parser = argparse.ArgumentParser(description="Write easy-VQA as LLaVA-format question and annotation files.")
-    parser.add_argument("--output-dir", required=True, help="folder for questions.jsonl and annotations.jsonl")
-    parser.add_argument("--split", default="test", choices=SPLITS)
-    parser.add_argument("--limit", type=int, default=None, help="random sample of this many questions")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --limit)")
-    args = parser.parse_args(argv)
-    files = write_easy_vqa_files(args.output_dir, args.split, limit=args.limit, seed=args.seed)
-    print(f"{files.num_questions} questions -> {files.questions}")
-    print(f"annotations -> {files.annotations}")
-    print(f"images: {files.image_folder}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

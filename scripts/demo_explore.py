@@ -1,4 +1,5 @@
-"""Measure candidate demo settings quickly: a plain PyTorch loop, NOT the product path (that is `tinyllava-hf train`).
+"""Measure candidate easy-VQA demo settings quickly: a plain PyTorch loop, not the product path (`tinyllava-hf demo`
+runs `tinyllava-hf train`). `docs/demo_measurements.md` tabulates what it measured.
 
 Builds the parts (`tinyllava_hf.demo.parts`) with the sizes given, assembles a `TinyLlavaForConditionalGeneration`
 from them the way `--llm/--vision-tower` does (LM and tower weights loaded from the saved folders, fresh connector),
@@ -15,8 +16,8 @@ the loss, and the accuracies, and appends one JSON line per run to `--log`.
 Batches are encoded like the training collator does (chat template with `return_assistant_tokens_mask=True`, labels
 only on the answer and its eos), on the fly, so the measured throughput includes data processing.
 
-    python -m tinyllava_hf.demo.explore --threads 1 --eval-every 250       # the chosen setting (defaults)
-    python -m tinyllava_hf.demo.explore --patch-size 8 --tower-pretrain-epochs 0 --train-tower-in-finetune
+    python scripts/demo_explore.py --threads 1 --eval-every 250       # the chosen setting (defaults)
+    python scripts/demo_explore.py --patch-size 8 --tower-pretrain-epochs 0 --train-tower-in-finetune
 
 Every `DemoPartsSpec` field is a flag (`--vision-hidden 256`, `--split-words true`, ...); results are appended to
 `--log` as JSON lines (`docs/demo_measurements.md` tabulates them).
@@ -38,15 +39,15 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, LlamaForCausalLM, SiglipVisionModel
 
-from ..builder import build_processor
-from ..chat_templates import get_chat_template
-from ..configuration_tinyllava import TinyLlavaConfig
-from ..modeling_tinyllava import TinyLlavaForConditionalGeneration
-from ..processing_tinyllava import TinyLlavaProcessor
-from .data import SHAPES, EasyVqaQuestion, image_captions, load_split
-from .parts import DEMO_TEMPLATE, DemoPartsSpec, save_parts
+from tinyllava_hf.builder import build_processor
+from tinyllava_hf.chat_templates import get_chat_template
+from tinyllava_hf.configuration_tinyllava import TinyLlavaConfig
+from tinyllava_hf.constants import IGNORE_INDEX
+from tinyllava_hf.demo.data import SHAPES, EasyVqaQuestion, image_captions, load_split
+from tinyllava_hf.demo.parts import DEMO_TEMPLATE, DemoPartsSpec, save_parts
+from tinyllava_hf.modeling_tinyllava import TinyLlavaForConditionalGeneration
+from tinyllava_hf.processing_tinyllava import TinyLlavaProcessor
 
-IGNORE_INDEX = -100
 # One sample for both stages: an image path and its (user text, answer) turns. Pretrain ignores the user text.
 Sample = tuple[str, list[tuple[str, str]]]
 

@@ -1,9 +1,13 @@
-"""Recipe hub checks (litgpt `test_config_hub` style), without training anything.
+"""Every recipe, validated against the parser that `tinyllava-hf train` itself uses (litgpt `test_config_hub` style),
+and the `train` / `merge-lora` / `tiny-parts` command lines.
 
-Every `config_*.yaml` under `recipes/` validates against the launcher's arguments with each key landing, unchanged, in
-the argument group that owns it; the upstream model recipes carry upstream TinyLLaVA Factory's hyperparameters
-(`scripts/train/*.sh`); stages chain (a finetune starts from its pretrain's `output_dir`); and every accelerate /
-DeepSpeed config parses and names files that exist.
+Without training: every `config_*.yaml` under `recipes/` (and the demo's packaged recipes) goes through
+`tinyllava-hf train`'s argument path (`tinyllava_hf.cli` -> `trainer.parse_train_args`, i.e. TRL's `TrlParser` over
+ModelArguments / DataArguments / SFTConfig), which rejects unknown keys; each key lands, unchanged, in the one argument
+group that owns it, with sensible values; the upstream model recipes carry upstream TinyLLaVA Factory's
+hyperparameters (`scripts/train/*.sh`); stages chain (a finetune starts from its pretrain's `output_dir`); and every
+accelerate / DeepSpeed config parses and names files that exist. With training: the debug pretrain -> finetune chain
+through the command line.
 """
 
 import json
@@ -15,12 +19,19 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 
+from tinyllava_hf.chat_templates import list_chat_templates
+from tinyllava_hf.cli import main as cli
+from tinyllava_hf.cli import make_parser as make_cli_parser
 from tinyllava_hf.train.arguments import DataArguments, ModelArguments
-from tinyllava_hf.train.trainer import make_parser
+from tinyllava_hf.train.cli import make_merge_lora_parser, make_tiny_parts_parser, make_train_parser
+from tinyllava_hf.train.trainer import make_parser, parse_train_args
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
-RECIPE_FILES = sorted(RECIPES.glob("**/config_*.yaml"))
+# The human-facing recipes, plus any the package ships (the demo's); a recipe linked from one place to the other is
+# validated once.
+_FOUND = [*RECIPES.glob("**/config_*.yaml"), *(REPO / "tinyllava_hf").glob("**/recipes/**/config_*.yaml")]
+RECIPE_FILES = sorted({path.resolve(): path for path in sorted(_FOUND)}.values())
 ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate_configs").glob("*.yaml"))
 DEEPSPEED_CONFIGS = sorted((RECIPES / "deepspeed").glob("*.json"))
 GPUS = 8  # the recipes' global batch sizes assume one 8-GPU machine
@@ -39,18 +50,21 @@ UPSTREAM_VARIANTS += ("finetune/config_qlora.yaml",)
 
 
 def recipe_id(path: Path) -> str:
-    return path.relative_to(RECIPES).as_posix()
+    """`model/stage/config_x.yaml` for `recipes/`, the repository path for recipes elsewhere."""
+    return path.relative_to(RECIPES if path.is_relative_to(RECIPES) else REPO).as_posix()
 
 
-def parse(recipe: Path) -> tuple[dict, tuple]:
-    """The raw YAML and the parsed argument groups.
+def parse(recipe: Path, *overrides: str) -> tuple[dict, tuple]:
+    """The raw YAML and the argument groups, parsed the way `tinyllava-hf train --config RECIPE` parses them.
 
     GPU recipes ask for bf16, which `TrainingArguments` refuses on a machine without a GPU; `--use_cpu true` lets
     them validate anywhere (CI) and changes nothing else.
     """
     raw = yaml.safe_load(recipe.read_text())
-    overrides = [] if raw.get("use_cpu") else ["--use_cpu", "true"]
-    return raw, make_parser().parse_args_and_config(["--config", str(recipe), *overrides])
+    if not raw.get("use_cpu"):
+        overrides = ("--use_cpu", "true", *overrides)
+    args = make_cli_parser("train").parse_args(["train", "--config", str(recipe), *overrides])
+    return raw, parse_train_args(args.train_argv)
 
 
 def upstream(model: str, variant: str) -> tuple[dict, tuple]:
@@ -70,11 +84,18 @@ def test_recipe_hub_layout():
     assert {"zero2", "zero3", "zero3_offload"} <= {p.stem for p in DEEPSPEED_CONFIGS}
 
 
+def test_there_are_debug_recipes_for_both_stages():
+    names = {recipe_id(path) for path in RECIPE_FILES}
+    assert "debug/pretrain/config_siglip_llama.yaml" in names
+    assert {"debug/finetune/config_full.yaml", "debug/finetune/config_lora.yaml"} <= names
+
+
 @pytest.mark.parametrize("recipe", RECIPE_FILES, ids=recipe_id)
 def test_every_recipe_validates_and_each_key_lands_unchanged(recipe):
     raw, groups = parse(recipe)
     model_args, data_args, training_args = groups
     assert isinstance(model_args, ModelArguments) and isinstance(data_args, DataArguments)
+    # Every key landed somewhere (TrlParser rejects unknown ones), in exactly one group, with its value.
     for key, expected in raw.items():
         owners = [group for group in groups if hasattr(group, key)]
         assert len(owners) == 1, f"{key} belongs to {len(owners)} argument groups"
@@ -86,6 +107,24 @@ def test_every_recipe_validates_and_each_key_lands_unchanged(recipe):
         if key == "use_cpu" and not expected:
             continue  # overridden for validation, see parse()
         assert actual == expected, key
+    assert training_args.output_dir == raw["output_dir"]
+    assert data_args.data_path == (raw["data_path"] if isinstance(raw["data_path"], list) else [raw["data_path"]])
+
+    # Sensible values: a run that starts, trains something, and can be found afterwards.
+    assert model_args.model_name_or_path or (model_args.llm and model_args.vision_tower)
+    assert model_args.template is None or model_args.template in list_chat_templates()
+    assert all(Path(path).suffix in (".json", ".jsonl") for path in data_args.data_path)
+    assert training_args.learning_rate > 0 and training_args.per_device_train_batch_size >= 1
+    assert training_args.max_steps > 0 or training_args.num_train_epochs > 0
+    assert training_args.max_length is None or training_args.max_length > 0
+    tuned = (model_args.tune_llm, model_args.tune_vision_tower, model_args.tune_connector)
+    assert any(mode != "frozen" for mode in tuned), "the recipe trains nothing"
+    if recipe.parent.parent.name == "debug":
+        # CPU-sized: fp32 (SFTConfig defaults bf16 to True), no reporting, bounded length.
+        assert training_args.bf16 is False and training_args.use_cpu is True
+        assert training_args.report_to in ([], ["none"], "none")
+        assert training_args.max_length <= 512
+        assert "tinyllava-hf tiny-parts" in recipe.read_text()  # documents how to make the parts
 
 
 @pytest.mark.parametrize("recipe", RECIPE_FILES, ids=recipe_id)
@@ -182,3 +221,97 @@ def test_deepspeed_configs_leave_batch_and_precision_to_the_trainer(config):
     assert offloaded == ({"cpu"} if "offload" in config.stem else {None})
     if zero["stage"] == 3:
         assert zero["stage3_gather_16bit_weights_on_model_save"] is True  # save_model writes whole weights
+
+
+def test_unknown_recipe_key_is_an_error(tmp_path):
+    recipe = tmp_path / "config_bad.yaml"
+    text = (RECIPES / "debug" / "pretrain" / "config_siglip_llama.yaml").read_text()
+    recipe.write_text(text + "\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        make_parser().parse_args_and_config(["--config", str(recipe)])
+
+
+def test_cli_overrides_win_over_the_recipe():
+    recipe = RECIPES / "debug" / "pretrain" / "config_siglip_llama.yaml"
+    model_args, _, training_args = make_parser().parse_args_and_config(
+        ["--config", str(recipe), "--learning-rate", "0.5", "--tune_llm", "full", "--max_steps", "2"]
+    )
+    assert training_args.learning_rate == 0.5 and training_args.max_steps == 2 and model_args.tune_llm == "full"
+
+
+def test_cli_train_forwards_every_option_verbatim_and_merge_lora_parses():
+    args = make_cli_parser("train").parse_args(
+        ["train", "--config", "r.yaml", "--learning_rate", "1e-3", "-x", "--bf16", "false"]
+    )
+    assert args.train_argv == ["--config", "r.yaml", "--learning_rate", "1e-3", "-x", "--bf16", "false"]
+    assert callable(args.func)
+    args = make_cli_parser("merge-lora").parse_args(["merge-lora", "adapter", "merged", "--dtype", "bfloat16"])
+    assert (args.adapter_dir, args.out_dir, args.base_model, args.dtype) == ("adapter", "merged", None, "bfloat16")
+
+
+@pytest.mark.parametrize("flag", ["--output_dir", "--output-dir"])
+def test_train_takes_both_flag_spellings(flag):
+    _, (_, _, training_args) = parse(RECIPES / "debug" / "pretrain" / "config_siglip_llama.yaml", flag, "elsewhere")
+    assert training_args.output_dir == "elsewhere"
+
+
+def test_stand_alone_parsers_match_the_subcommands():
+    """`make_<command>_parser()` without subparsers: the same options, for scripts and launchers."""
+    args = make_train_parser().parse_args(["--config", "r.yaml", "--output-dir", "out"])
+    assert args.train_argv == ["--config", "r.yaml", "--output-dir", "out"] and args.func is not None
+    args = make_merge_lora_parser().parse_args(["adapter", "merged", "--base-model", "base"])
+    assert (args.adapter_dir, args.out_dir, args.base_model, args.dtype) == ("adapter", "merged", "base", "float32")
+    args = make_tiny_parts_parser().parse_args([])
+    assert (args.out_dir, args.seed) == ("outputs/tiny_parts", 0)  # where the debug recipes look
+    assert make_tiny_parts_parser().prog == "tinyllava-hf tiny-parts"
+
+
+def test_cli_train_help_lists_our_and_trl_options(capsys):
+    args = make_cli_parser("train").parse_args(["train", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        args.func(args)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--tune_llm" in out and "--on_overlength" in out and "--per_device_train_batch_size" in out
+
+
+def test_debug_pretrain_then_finetune_through_the_cli(parts, tmp_path):
+    data = ["--image_folder", str(parts["data"]), "--max_steps", "2"]
+    pretrain = tmp_path / "pretrain"
+    code = cli(
+        [
+            "train",
+            "--config",
+            str(RECIPES / "debug" / "pretrain" / "config_siglip_llama.yaml"),
+            "--llm",
+            str(parts["llm"]),
+            "--vision_tower",
+            str(parts["siglip"]),
+            "--data_path",
+            str(parts["pretrain"]),
+            "--output_dir",
+            str(pretrain),
+            *data,
+        ]
+    )
+    assert code == 0
+    assert (pretrain / "model.safetensors").is_file() and "pretrain" in (pretrain / "chat_template.jinja").read_text()
+
+    finetune = tmp_path / "finetune"
+    code = cli(
+        [
+            "train",
+            "--config",
+            str(RECIPES / "debug" / "finetune" / "config_full.yaml"),
+            "--model_name_or_path",
+            str(pretrain),
+            "--data_path",
+            str(parts["finetune"]),
+            "--output_dir",
+            str(finetune),
+            *data,
+        ]
+    )
+    assert code == 0
+    assert (finetune / "model.safetensors").is_file()
+    assert "ASSISTANT:" in (finetune / "chat_template.jinja").read_text()  # the llama template replaced pretrain's
