@@ -176,6 +176,13 @@ def test_non_causal_lm_text_config_is_refused(text_config, kind):
         tiny_config(text_config=text_config)
 
 
+def test_tied_lm_head_follows_the_backbones_embedding_name():
+    # GPT-2 names its input embeddings `wte`; tying used to look for `embed_tokens` and fail with AttributeError.
+    text = dict(model_type="gpt2", n_embd=32, n_layer=1, n_head=4, vocab_size=384, tie_word_embeddings=True)
+    model = TinyLlavaForConditionalGeneration(tiny_config(text_config=text))
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+
+
 # 3. Wrong inputs accepted without a word.
 def test_audio_block_to_a_vision_only_processor_is_refused():
     processor = tiny_processor(tiny_config())

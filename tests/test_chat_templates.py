@@ -371,3 +371,18 @@ def test_with_image_registered_ids_and_mask_equal_upstream_position_by_position(
         expected_ids = sample["train_input_ids"][n_bos:]
         assert [IMAGE_TOKEN_INDEX if token == image_id else token for token in out["input_ids"]] == expected_ids
         assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in sample["train_labels"][n_bos:]]
+
+
+def test_switching_the_default_template_keeps_every_named_one():
+    from tinyllava_hf.builder import LM_TEMPLATE_NAME, processor_chat_templates, with_default_template
+
+    built = processor_chat_templates("pretrain", lm_chat_template="{{ 'lm' }}")
+    assert built["default"] == get_chat_template("pretrain") and built[LM_TEMPLATE_NAME] == "{{ 'lm' }}"
+    switched = with_default_template(built, "llama")
+    assert switched["default"] == get_chat_template("llama")
+    assert set(switched) == set(built)  # pretrain -> llama between the stages loses no named template
+    assert with_default_template(built, LM_TEMPLATE_NAME)["default"] == "{{ 'lm' }}"
+    # A checkpoint saved with one unnamed template gets the named set back.
+    assert set(with_default_template("{{ 'x' }}", "phi")) == {"default", *list_chat_templates()}
+    with pytest.raises(ValueError, match="Unknown chat template 'nope'; known templates: pretrain, phi"):
+        with_default_template(built, "nope")

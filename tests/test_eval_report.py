@@ -47,7 +47,8 @@ def gqa_files(tmp_path: Path) -> tuple[Path, Path]:
 def test_score_file_writes_result_json(gqa_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     predictions, questions = gqa_files
     result = score_file("gqa", predictions, questions)
-    output = predictions.parent / "RESULT.json"  # default location: next to the predictions
+    # Default location: next to the predictions, named after them (two scores in one folder never collide).
+    output = predictions.parent / "answers.result.json"
     assert json.loads(output.read_text()) == result
     assert result["task"] == "gqa"
     assert result["model"] == "tiny-llava-test"  # from the predictions' model_id
@@ -61,8 +62,8 @@ def test_score_file_writes_result_json(gqa_files: tuple[Path, Path], capsys: pyt
     assert "[gqa] tiny-llava-test: accuracy = 50.00 on 2 questions" in capsys.readouterr().out
     # Atomic write leaves no temporary file behind.
     assert sorted(p.name for p in predictions.parent.iterdir()) == [
-        "RESULT.json",
         "answers.jsonl",
+        "answers.result.json",
         "testdev_balanced_questions.json",
     ]
 
@@ -81,7 +82,7 @@ def test_score_file_rejects_unknown_task_and_stray_judge(gqa_files: tuple[Path, 
         score_file("GQA", predictions, questions)
     with pytest.raises(ValueError, match="judge is only used by"):
         score_file("gqa", predictions, questions, judge=lambda prompt: "1.0")
-    assert not (predictions.parent / "RESULT.json").exists()
+    assert not (predictions.parent / "answers.result.json").exists()
 
 
 def test_score_file_mmvet_with_and_without_judge(tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ def test_score_file_bad_predictions_write_nothing(tmp_path: Path) -> None:
     annotations.write_text(json.dumps({"1": "a"}))
     with pytest.raises(ValueError, match=r"predictions\.jsonl line 2 is not JSON"):
         score_file("easy_vqa", predictions, annotations)
-    assert not (tmp_path / "RESULT.json").exists()
+    assert not (tmp_path / "predictions.result.json").exists()
 
 
 def test_write_json_atomic_keeps_old_file_on_failure(tmp_path: Path) -> None:

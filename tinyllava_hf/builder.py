@@ -1,6 +1,8 @@
 """Assemble a TinyLLaVA processor (and the matching config ids) from parts: a tokenizer, an image processor and,
 for audio models, a Whisper feature extractor."""
 
+from collections.abc import Mapping
+
 from transformers import PreTrainedTokenizerBase
 
 from .chat_templates import get_chat_template, list_chat_templates
@@ -31,11 +33,22 @@ def processor_chat_templates(default: str, lm_chat_template: str | None = None) 
     Saved with the processor as `chat_template.jinja` (the default) and `additional_chat_templates/<name>.jinja`, so
     `processor.apply_chat_template(messages, chat_template="phi")` selects one by name.
     """
-    templates = {"default": get_chat_template(default)}
-    templates.update({name: get_chat_template(name) for name in list_chat_templates()})
-    if lm_chat_template:
-        templates[LM_TEMPLATE_NAME] = lm_chat_template
-    return templates
+    return with_default_template({LM_TEMPLATE_NAME: lm_chat_template} if lm_chat_template else {}, default)
+
+
+def with_default_template(chat_template: str | Mapping[str, str] | None, name: str) -> dict[str, str]:
+    """A processor's templates with the one named `name` as the default.
+
+    Every upstream template stays selectable by name, and so does every named template `chat_template` already has
+    (the LM's own `lm`, a user's own), so a checkpoint switched to another template (pretrain -> llama between the
+    training stages) keeps the whole set. A single template string (a checkpoint saved without names) is replaced.
+    """
+    current = dict(chat_template) if isinstance(chat_template, Mapping) else {}
+    templates = {template: get_chat_template(template) for template in list_chat_templates()}
+    templates.update({key: value for key, value in current.items() if key != "default"})
+    if name not in templates:
+        raise ValueError(f"Unknown chat template {name!r}; known templates: {', '.join(templates)}.")
+    return {"default": templates[name], **templates}
 
 
 def build_processor(

@@ -56,7 +56,12 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "eval",
         "tinyllava_hf.eval.cli:make_eval_parser",
-        "run, score and report benchmarks (tasks | run | score | report)",
+        "run, score and report benchmarks (tasks | run | score | report | easy-vqa)",
+    ),
+    Command(
+        "tiny-parts",
+        "tinyllava_hf.train.cli:make_tiny_parts_parser",
+        "write tiny random LM/vision/audio parts and shapes data for the debug recipes",
     ),
     Command(
         "demo",
@@ -69,6 +74,18 @@ COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
 _OWN_FLAG_SPELLING = frozenset({"train"})
 
 
+def command_parser(subparsers: argparse._SubParsersAction | None, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A command's parser, added to `subparsers` (`tinyllava-hf NAME`) or stand-alone, named the same either way.
+
+    Every `make_<command>_parser(subparsers=None)` starts here, so all commands share one shape.
+    """
+    kwargs["prog"] = f"tinyllava-hf {name}"  # not the top-level usage line argparse would prefix
+    if subparsers is not None:
+        return subparsers.add_parser(name, **kwargs)
+    kwargs.pop("help", None)
+    return argparse.ArgumentParser(**kwargs)
+
+
 def _epilog() -> str:
     width = max(len(command.name) for command in COMMANDS)
     lines = [f"  {command.name.ljust(width)}  {command.summary}" for command in COMMANDS]
@@ -79,7 +96,7 @@ def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser, with the parser of `command` (only that one: others are not imported) added."""
     parser = argparse.ArgumentParser(
         prog="tinyllava-hf",
-        description=__doc__.splitlines()[0],
+        description="TinyLLaVA vision- and audio-language models on transformers: train, convert, evaluate, demo.",
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -337,6 +337,11 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
         self.lm_head = nn.Linear(
             text_config.hidden_size, text_config.vocab_size, bias=text_config.model_type in LM_HEAD_WITH_BIAS
         )
+        # Tie to the backbone's own embedding module: not every LM calls it `embed_tokens` (GPT-2: `wte`).
+        embeddings = self.model.get_input_embeddings()
+        name = next(name for name, module in self.model.language_model.named_modules() if module is embeddings)
+        if name != "embed_tokens":
+            self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

@@ -147,9 +147,8 @@ class TinyLlavaProcessor(ProcessorMixin):
     def apply_chat_template(self, conversation, *args, **kwargs):
         # Checked before transformers loads any media from the conversation (an audio block would be decoded first,
         # then dropped by a vision-only processor).
-        normalize = getattr(
-            self, "_normalize_conversations", None
-        )  # transformers >= 5.x; validate_inputs still checks
+        # A transformers helper (5.x); without it the check falls back to `validate_inputs`, after loading.
+        normalize = getattr(self, "_normalize_conversations", None)
         conversations = normalize(conversation)[0] if normalize is not None else []
         types = {
             block.get("type")

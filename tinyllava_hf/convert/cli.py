@@ -15,16 +15,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from ..cli import command_parser
+
 __all__ = ["make_convert_parser", "make_export_llava_parser", "make_import_llava_parser"]
-
-
-def _new_parser(subparsers: argparse._SubParsersAction | None, name: str, **kwargs) -> argparse.ArgumentParser:
-    """The command's parser: added to `subparsers` (`tinyllava-hf NAME`) or stand-alone, named the same either way."""
-    kwargs["prog"] = f"tinyllava-hf {name}"  # not the top-level usage line argparse would prefix
-    if subparsers is not None:
-        return subparsers.add_parser(name, **kwargs)
-    kwargs.pop("help", None)
-    return argparse.ArgumentParser(**kwargs)
 
 
 def _add_src_dst(parser: argparse.ArgumentParser, src: str, dst: str) -> None:
@@ -87,7 +80,7 @@ def _positive_int(value: str) -> int:
 
 def make_convert_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
     """`tinyllava-hf convert SRC DST`: an upstream TinyLLaVA Factory checkpoint -> a tinyllava-hf folder."""
-    parser = _new_parser(
+    parser = command_parser(
         subparsers,
         "convert",
         help="convert an upstream TinyLLaVA Factory checkpoint into a tinyllava-hf folder",
@@ -112,7 +105,7 @@ def make_convert_parser(subparsers: argparse._SubParsersAction | None = None) ->
 
 def make_export_llava_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
     """`tinyllava-hf export-llava SRC DST`: a tinyllava-hf folder -> a native transformers `llava` folder."""
-    parser = _new_parser(
+    parser = command_parser(
         subparsers,
         "export-llava",
         help="export a tinyllava-hf folder as a native transformers llava checkpoint (no remote code)",
@@ -127,7 +120,7 @@ def make_export_llava_parser(subparsers: argparse._SubParsersAction | None = Non
 
 def make_import_llava_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
     """`tinyllava-hf import-llava SRC DST`: a native transformers `llava` folder -> a tinyllava-hf folder."""
-    parser = _new_parser(
+    parser = command_parser(
         subparsers,
         "import-llava",
         help="convert a native transformers llava checkpoint into a tinyllava-hf folder",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli import command_parser
+
 # A shortened run for tests and smoke checks: a few optimisation steps, a small test sample.
 QUICK = dict(
     pretrain_max_steps=2,
@@ -29,16 +31,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 def make_demo_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
     """The `demo` command's parser: added to `subparsers` when given, else stand-alone."""
-    options = dict(
+    parser = command_parser(
+        subparsers,
+        "demo",
         help="build, train (2 stages) and score a TinyLLaVA on easy-VQA, on CPU, offline",
         description="Build a TinyLLaVA from parts, pretrain and finetune it on easy-VQA with the package's demo "
         "recipes (recipes/easy_vqa/ in the repository), score the test split with real and blank images, and write "
         "the checkpoint, its model card, eval_results.json and a training plot.",
     )
-    if subparsers is not None:
-        parser = subparsers.add_parser("demo", **options)
-    else:
-        parser = argparse.ArgumentParser(prog="tinyllava-hf demo", description=options["description"])
     parser.add_argument(
         "--output-dir", default="demo_output", help="where everything is written (default: %(default)s)"
     )

@@ -170,6 +170,8 @@ def run_demo(settings: DemoSettings) -> dict:
     _say(5, f"scoring {data.num_test_questions} easy-VQA test questions, with real and with blank images")
     tick = time.perf_counter()
     model, processor = load_model_and_processor(final_dir, device="cpu")
+    # Answers of an earlier run came from another model: the runner would refuse to resume them, so start afresh.
+    shutil.rmtree(out / "eval", ignore_errors=True)
     scores = {}
     for name, blank in (("accuracy", False), ("blind_accuracy", True)):
         predictions = out / "eval" / f"{'blank' if blank else 'image'}_predictions.jsonl"

@@ -1,4 +1,4 @@
-"""Benchmark evaluation for TinyLLaVA: the task registry, loaders, official-rule scorers, RESULT.json writer, report.
+"""Benchmark evaluation for TinyLLaVA: the task registry, loaders, official-rule scorers, result writer, report.
 
 Scoring is pure Python, no model needed. Typical use::
 

@@ -5,12 +5,13 @@ Usage:
     tinyllava-hf eval run --model DIR --task NAME --data QUESTIONS [--image-folder DIR] [--batch-size N]
                           [--limit N] [--blank-image] --output PRED.jsonl
     tinyllava-hf eval score --task NAME --predictions PRED.jsonl --annotations PATH [--questions FILE]
-                            [--output RESULT.json]
-    tinyllava-hf eval report RESULT.json ... [--output REPORT.md]
+                            [--output PRED.result.json] [--overwrite]
+    tinyllava-hf eval report PRED.result.json ... [--output REPORT.md]
     tinyllava-hf eval easy-vqa --output-dir DIR [--split test] [--limit N] [--seed S]
 
-Only the task registry is imported to build the parser; torch, transformers and the model load only inside
-``eval run``, so ``tinyllava-hf eval --help`` stays fast.
+Every subcommand checks its inputs (files, folders, the model path, numbers) before any work and reports a mistake
+as one ``error:`` line with exit code 1. Only the task registry is imported to build the parser; torch,
+transformers and the model load only inside ``eval run``, so ``tinyllava-hf eval --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ..easy_vqa import SPLITS, default_data_dir, write_easy_vqa_files
 from ..files import write_text_atomic
-from ..loading import DTYPES
+from ..loading import DTYPES, ModelLoadError, resolve_model_source
 from .loaders import EvalDataError, UnknownTaskError, read_json
 from .report import render_report
 from .score import score_file
@@ -35,17 +36,46 @@ from .tasks import TASKS, get_task, list_tasks
 
 
 def _user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report bad data and unknown names as one ``error:`` line and exit code 1, not a traceback."""
+    """Report bad data, bad paths and unknown names as one ``error:`` line and exit code 1, not a traceback."""
 
     @functools.wraps(command)
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (EvalDataError, UnknownTaskError, ImportError) as err:
+        except (EvalDataError, UnknownTaskError, ModelLoadError, ImportError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
 
     return wrapper
+
+
+def _check_inputs(files: dict[str, str | None] | None = None, folders: dict[str, str | None] | None = None) -> None:
+    """Fail before any work when an input path given on the command line does not exist (or is of the wrong kind).
+
+    ``files`` / ``folders`` map a flag (``--data``) to its value; ``None`` values (flag not given) are skipped.
+    A ``files`` entry may also be a folder where the task's loader takes one (annotations of POPE, MME, ScienceQA).
+    """
+    for flag, value in (files or {}).items():
+        if value is not None and not Path(value).exists():
+            raise EvalDataError(f"{flag} {value} does not exist")
+    for flag, value in (folders or {}).items():
+        if value is None:
+            continue
+        if not Path(value).exists():
+            raise EvalDataError(f"{flag} {value} does not exist")
+        if not Path(value).is_dir():
+            raise EvalDataError(f"{flag} {value} is a file, not a folder")
+
+
+def _check_positive(**values: int | None) -> None:
+    for flag, value in values.items():
+        if value is not None and value < 1:
+            raise EvalDataError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _check_output_file(flag: str, value: str | None) -> None:
+    if value is not None and Path(value).is_dir():
+        raise EvalDataError(f"{flag} {value} is a folder; give a file name (e.g. {Path(value) / 'answers.jsonl'})")
 
 
 @_user_errors
@@ -65,25 +95,31 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Generate answers for one benchmark into a (resumable) answer file."""
     spec = get_task(args.task)  # an unknown task fails before the model is loaded
+    # Every input is checked before the (slow) model load: a typo costs a second, not a minute.
+    _check_inputs(files={"--data": args.data}, folders={"--image-folder": args.image_folder})
+    _check_positive(batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens)
+    _check_output_file("--output", args.output)
+    resolve_model_source(args.model)  # a missing local folder is named as such, never looked up on the Hub
+    if args.data is None and spec.name != "easy_vqa":
+        print(f"error: --data is required for {spec.name} (its question file: {spec.question_file})", file=sys.stderr)
+        return 2
+
+    from ..loading import load_model, load_processor
+    from .runner import resolve_chat_template, run_eval
+
+    # The processor first (cheap): a wrong model or an unknown --chat-template is reported before anything is
+    # written or the weights are read.
+    processor = load_processor(args.model)
+    resolve_chat_template(processor, args.chat_template)
     data, image_folder, limit, annotations = args.data, args.image_folder, args.limit, None
     if data is None:
-        if spec.name != "easy_vqa":
-            print(
-                f"error: --data is required for {spec.name} (its question file: {spec.question_file})",
-                file=sys.stderr,
-            )
-            return 2
         # The built-in data: write the (sampled) test split into a folder of its own next to the answer file (so
         # different samples never overwrite each other), then run it like any other question file.
         data_dir = default_data_dir(Path(args.output).parent, "test", limit, args.seed)
         files = write_easy_vqa_files(data_dir, "test", limit=limit, seed=args.seed)
         data, annotations, limit = files.questions, files.annotations, None  # --limit already chose the sample
         image_folder = image_folder if image_folder is not None else files.image_folder
-
-    from ..loading import load_model_and_processor
-    from .runner import run_eval
-
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype)
     result = run_eval(
         model,
         processor,
@@ -113,7 +149,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 @_user_errors
 def cmd_score(args: argparse.Namespace) -> int:
-    """Score an answer file and write RESULT.json."""
+    """Score an answer file and write its result JSON (default: ``<predictions stem>.result.json`` beside it)."""
+    get_task(args.task)
+    _check_inputs(
+        files={"--predictions": args.predictions, "--annotations": args.annotations, "--questions": args.questions}
+    )
+    if Path(args.predictions).is_dir():
+        raise EvalDataError(f"--predictions {args.predictions} is a folder; give the answer file (PRED.jsonl)")
+    _check_output_file("--output", args.output)
     score_file(
         args.task,
         args.predictions,
@@ -121,14 +164,22 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.output,
         questions_path=args.questions,
         model=args.model,
+        overwrite=args.overwrite,
     )
     return 0
 
 
 @_user_errors
 def cmd_report(args: argparse.Namespace) -> int:
-    """Render RESULT.json files as one Markdown table (stdout, and ``--output`` atomically)."""
-    results = [read_json(path) for path in args.results]
+    """Render result JSON files as one Markdown table (stdout, and ``--output`` atomically)."""
+    for path in args.results:
+        _check_inputs(files={"result file": path})
+    results = []
+    for path in args.results:
+        result = read_json(path)
+        if not isinstance(result, dict) or "task" not in result or not isinstance(result.get("metrics"), dict):
+            raise EvalDataError(f"{path} is not a result file (no 'task' and 'metrics'); give files eval score wrote")
+        results.append(result)
     table = render_report(results)
     print(table, end="")
     if args.output:
@@ -139,6 +190,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 @_user_errors
 def cmd_easy_vqa(args: argparse.Namespace) -> int:
     """Write the built-in easy-VQA split as LLaVA-format question and annotation files."""
+    _check_positive(limit=args.limit)
+    if Path(args.output_dir).is_file():
+        raise EvalDataError(f"--output-dir {args.output_dir} is a file; give a folder")
     files = write_easy_vqa_files(args.output_dir, args.split, limit=args.limit, seed=args.seed)
     print(f"{files.num_questions} questions -> {files.questions}")
     print(f"annotations -> {files.annotations}")
@@ -181,24 +235,31 @@ def make_eval_parser(subparsers: argparse._SubParsersAction | None = None) -> ar
     )
     run.add_argument("--seed", type=int, default=0, help="easy_vqa sampling seed (with --limit)")
     run.add_argument("--blank-image", action="store_true", help="replace every image by a blank one (blind run)")
-    run.add_argument("--chat-template", default=None, help="processor chat template name (default: its default)")
+    run.add_argument(
+        "--chat-template", default=None, help="one of the checkpoint's chat template names (default: its default)"
+    )
     run.add_argument("--model-id", default=None, help="model_id written in the answers (default: model folder name)")
     run.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     run.add_argument("--dtype", default="auto", choices=DTYPES)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
-    score = commands.add_parser("score", help="score an answer file, write RESULT.json")
+    score = commands.add_parser("score", help="score an answer file, write PRED.result.json")
     score.add_argument("--task", required=True, help=task_names)
     score.add_argument("--predictions", required=True, help="answer file (JSON lines with question_id, text)")
     score.add_argument("--annotations", required=True, help="the benchmark's annotation file or folder")
     score.add_argument("--questions", default=None, help="LLaVA question file (POPE only)")
-    score.add_argument("--output", default=None, help="result file (default: RESULT.json next to the predictions)")
+    score.add_argument(
+        "--output", default=None, help="result file (default: <predictions stem>.result.json next to the predictions)"
+    )
     score.add_argument("--model", default=None, help="model name in the report (default: the answers' model_id)")
+    score.add_argument(
+        "--overwrite", action="store_true", help="replace --output even if it holds the result of other predictions"
+    )
     score.set_defaults(func=cmd_score)
 
-    report = commands.add_parser("report", help="Markdown table of RESULT.json files")
-    report.add_argument("results", nargs="+", help="RESULT.json files")
+    report = commands.add_parser("report", help="Markdown table of result files (written by eval score)")
+    report.add_argument("results", nargs="+", help="result JSON files (PRED.result.json)")
     report.add_argument("--output", default=None, help="also write the table to this file (REPORT.md)")
     report.set_defaults(func=cmd_report)
 

@@ -78,7 +78,7 @@ def _build_class() -> type:
 
     from ..constants import IMAGE_TOKEN
     from ..loading import load_model_and_processor
-    from .runner import generate_batch
+    from .runner import generate_batch, resolve_chat_template
 
     class TinyLlavaLMM(lmms):
         """lmms-eval model backed by a saved tinyllava-hf checkpoint (``AutoModelForImageTextToText``).
@@ -115,7 +115,10 @@ def _build_class() -> type:
                 device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
             self.model, self.processor = load_model_and_processor(pretrained, device, dtype)
             self.batch_size_per_gpu = int(batch_size)
-            self.chat_template = chat_template
+            # Resolved once to its text: an unknown name is an error listing the checkpoint's names, never rendered.
+            self.chat_template = (
+                None if chat_template is None else resolve_chat_template(self.processor, chat_template)
+            )
             self.default_max_new_tokens = int(max_new_tokens)
             self._device = torch.device(device)
 

@@ -15,6 +15,7 @@ import ast
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,25 @@ class UnknownTaskError(KeyError, ValueError):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _loads(text: str, path: Path) -> Any:
+    """``json.loads`` that refuses a repeated key in the top-level object (an id -> record file such as GQA's or
+    MM-Vet's): plain ``json.loads`` keeps the last one silently, so one question would be scored against the wrong
+    answer or vanish. Raises ``json.JSONDecodeError`` like ``json.loads``."""
+    repeated: dict[int, str] = {}
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            counts = Counter(key for key, _ in pairs)
+            repeated[id(obj)] = next(key for key, count in counts.items() if count > 1)
+        return obj
+
+    data = json.loads(text, object_pairs_hook=pairs_hook)
+    if isinstance(data, dict) and id(data) in repeated:
+        raise EvalDataError(f"{path}: id {repeated[id(data)]!r} appears twice; keep one entry per id")
+    return data
+
+
 def read_json(path: PathLike) -> Any:
     """Read a whole JSON document, raising :class:`EvalDataError` that names the file on any problem."""
     path = Path(path)
@@ -58,7 +78,7 @@ def read_json(path: PathLike) -> Any:
     except IsADirectoryError:
         raise EvalDataError(f"{path}: expected a JSON file, found a directory") from None
     try:
-        return json.loads(text)
+        return _loads(text, path)
     except json.JSONDecodeError as err:
         raise EvalDataError(f"{path} is not valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
 
@@ -91,7 +111,7 @@ def read_records(path: PathLike) -> list[tuple[str, dict[str, Any]]]:
     except IsADirectoryError:
         raise EvalDataError(f"{path}: expected a file, found a directory") from None
     try:
-        whole = json.loads(text)
+        whole = _loads(text, path)
     except json.JSONDecodeError:
         # Not one JSON document: treat as JSON lines, which reports the first bad line by number.
         return list(_iter_jsonl(path, text))
@@ -143,22 +163,51 @@ def _add(out: dict[str, dict[str, Any]], key: str, record: dict[str, Any], where
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def load_predictions(path: PathLike) -> list[dict[str, Any]]:
-    """Load model predictions: JSON lines (or a JSON list) of objects with ``question_id`` and ``text``.
-
-    Other fields (``prompt``, ``model_id``, ...) are kept; some scorers use ``prompt`` to match LLaVA-style files.
-    Duplicate ids are allowed here (MME's LLaVA file gives both questions of an image the same id); scorers decide.
-    """
+def read_predictions(path: PathLike) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`load_predictions` with each record's ``where`` (``"<file> line N"``), for messages naming lines."""
     predictions = []
     for where, record in read_records(path):
         if record.get("question_id") is None:
             raise EvalDataError(f"{where} has no 'question_id'")
         if not isinstance(record.get("text"), str):
             raise EvalDataError(f"{_describe(where, record)} has no string 'text'")
-        predictions.append(record)
+        predictions.append((where, record))
     if not predictions:
         raise EvalDataError(f"{path}: no predictions found (empty file)")
     return predictions
+
+
+def load_predictions(path: PathLike) -> list[dict[str, Any]]:
+    """Load model predictions: JSON lines (or a JSON list) of objects with ``question_id`` and ``text``.
+
+    Other fields (``prompt``, ``model_id``, ...) are kept; some scorers use ``prompt`` to match LLaVA-style files.
+    Repeated ids are allowed here (MME's LLaVA file gives both questions of an image the same id);
+    :func:`check_unique_predictions` refuses true duplicates, and ``score_file`` calls it.
+    """
+    return [record for _, record in read_predictions(path)]
+
+
+def _line_of(where: str, path: PathLike) -> str:
+    # "<file> line 3" -> "line 3", "<file>: entry 3" -> "entry 3": the file is named once in the message.
+    return where[len(str(path)) :].lstrip(": ") or where
+
+
+def check_unique_predictions(rows: list[tuple[str, dict[str, Any]]], path: PathLike) -> None:
+    """Refuse two predictions for the same question: the same ``question_id`` and the same ``prompt`` (or neither
+    has one). A scorer would silently keep the first, so the score would depend on the order of the lines.
+
+    The same id with *different* prompts is allowed: LLaVA's MME and TextVQA files share ids between questions.
+    """
+    seen: dict[tuple[str, Any], str] = {}
+    for where, record in rows:
+        key = (str(record["question_id"]), record.get("prompt"))
+        if key in seen:
+            raise EvalDataError(
+                f"{path}: question_id {record['question_id']!r} is answered twice ({_line_of(seen[key], path)} and "
+                f"{_line_of(where, path)}); keep one answer per question (e.g. regenerate into a new file with "
+                "tinyllava-hf eval run)"
+            )
+        seen[key] = where
 
 
 def load_questions(path: PathLike) -> list[dict[str, Any]]:
@@ -463,6 +512,9 @@ def load_scienceqa_annotations(path: PathLike, split: str | None = "test") -> di
         if split not in splits:
             raise EvalDataError(f"{splits_file}: no split {split!r} (available: {', '.join(sorted(splits))})")
         pids = [str(pid) for pid in splits[split]]
+        if len(set(pids)) != len(pids):
+            repeated = next(pid for pid, count in Counter(pids).items() if count > 1)
+            raise EvalDataError(f"{splits_file}: problem {repeated!r} is listed twice in split {split!r}")
         unknown = [pid for pid in pids if pid not in problems]
         if unknown:
             raise EvalDataError(

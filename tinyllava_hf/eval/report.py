@@ -1,4 +1,4 @@
-"""Markdown summary of scored result files (the RESULT.json dicts written by :func:`~tinyllava_hf.eval.score_file`)."""
+"""Markdown summary of scored result files (the result dicts written by :func:`~tinyllava_hf.eval.score_file`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def render_report(results: list[dict[str, Any]]) -> str:
     rows = []
     for index, result in enumerate(results):
         if "task" not in result or not isinstance(result.get("metrics"), dict):
-            raise ValueError(f"result {index} has no 'task' or 'metrics' (is it a RESULT.json from score_file?)")
+            raise ValueError(f"result {index} has no 'task' or 'metrics' (is it a result file written by score_file?)")
         task, metrics = result["task"], result["metrics"]
         name, value = main_metric(task, metrics)
         shown = f"{value:.2f}" if value is not None else str(metrics.get("status", "n/a"))

@@ -1,14 +1,16 @@
 """Batched, resumable benchmark inference: question file in, LLaVA-style answer file (PRED.jsonl) out.
 
 Each line of the answer file is ``{"question_id", "prompt", "text", "model_id", "metadata"}`` like the answer files of
-LLaVA's ``model_vqa_loader.py`` (minus the random ``answer_id``, so reruns are byte-identical). Generation is greedy
-with left padding, so a batch gives the same answers as one question at a time.
+LLaVA's ``model_vqa_loader.py`` (minus the random ``answer_id``, so reruns are byte-identical); ``metadata`` holds the
+run's ``fingerprint`` id, whose components are in ``<output>.meta.json`` (:mod:`~tinyllava_hf.eval.fingerprint`).
+Generation is greedy with left padding, so a batch gives the same answers as one question at a time.
 
 A run can be interrupted at any point: every finished batch is appended, flushed and fsynced, so a killed run loses
 at most the batch in flight. Rerunning the same command skips the questions already answered; a half-written last
 line (the process died mid-write) is dropped with a warning. When every selected question is answered, the file is
 rewritten (atomically) in question-file order, so an interrupted-and-resumed run ends with the same file as an
-uninterrupted one.
+uninterrupted one. Only the same run resumes: another model (weights or config), chat template, task or generation
+setting is refused with what differs, and so is a file with two answers to one question.
 
 Typical use::
 
@@ -25,7 +27,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..files import write_text_atomic
+from .fingerprint import check_resume, read_sidecar, run_fingerprint, write_sidecar
 from .loaders import EvalDataError, PathLike
 from .tasks import EvalQuestion, TaskSpec, get_task, load_task_questions
 
@@ -82,6 +85,7 @@ class _Existing:
     lines: list[str]
     records: list[dict[str, Any]]
     dropped: int
+    linenos: list[int] = field(default_factory=list)  # the file line of each record, for error messages
 
 
 def read_answer_file(path: PathLike, *, repair: bool = True) -> _Existing:
@@ -95,12 +99,15 @@ def read_answer_file(path: PathLike, *, repair: bool = True) -> _Existing:
     path = Path(path)
     if not path.exists():
         return _Existing([], [], 0)
+    if not path.is_file():
+        raise EvalDataError(f"{path} is not a file; --output takes an answer file (e.g. answers/gqa.jsonl)")
     data = path.read_bytes()
     chunks = data.split(b"\n")
     # After the final newline split() yields b"" (complete file); anything else there is a partial last line.
     tail = chunks.pop()
     lines: list[str] = []
     records: list[dict[str, Any]] = []
+    linenos: list[int] = []
     good_length = 0
     dropped = 0
     for index, chunk in enumerate(chunks):
@@ -126,6 +133,7 @@ def read_answer_file(path: PathLike, *, repair: bool = True) -> _Existing:
             ) from None
         lines.append(chunk.decode("utf-8") + "\n")
         records.append(record)
+        linenos.append(lineno)
         good_length += len(chunk) + 1
     if tail.strip():
         dropped += 1
@@ -137,16 +145,17 @@ def read_answer_file(path: PathLike, *, repair: bool = True) -> _Existing:
             handle.truncate(good_length)
             handle.flush()
             os.fsync(handle.fileno())
-    return _Existing(lines, records, dropped)
+    return _Existing(lines, records, dropped, linenos)
 
 
-def _answer_line(question: EvalQuestion, text: str, model_id: str) -> str:
+def _answer_line(question: EvalQuestion, text: str, model_id: str, fingerprint: str) -> str:
     record = {
         "question_id": question.question_id,
         "prompt": question.text,
         "text": text,
         "model_id": model_id,
-        "metadata": {},
+        # Every line names the run that wrote it, so a resume can never continue another model's file.
+        "metadata": {"fingerprint": fingerprint},
     }
     return json.dumps(record, ensure_ascii=False) + "\n"
 
@@ -251,6 +260,52 @@ class _LeftPadding:
             self.tokenizer.pad_token = None
 
 
+class ChatTemplateError(EvalDataError):
+    """A chat template name the processor does not have (or a processor without any template); lists the known
+    names."""
+
+
+def chat_template_names(processor: Any) -> list[str]:
+    """The template names a processor knows: the keys of ``processor.chat_template`` when it is a dict (the
+    checkpoint's ``chat_template.jinja`` as ``default`` plus its ``additional_chat_templates/*.jinja``), else
+    ``["default"]`` for a single template, ``[]`` for none."""
+    templates = getattr(processor, "chat_template", None)
+    if isinstance(templates, dict):
+        return sorted(templates)
+    return ["default"] if isinstance(templates, str) else []
+
+
+def resolve_chat_template(processor: Any, chat_template: str | None = None) -> str:
+    """The Jinja text that ``apply_chat_template(chat_template=...)`` should render.
+
+    ``None`` is the processor's default; a name must be one of :func:`chat_template_names`; text holding Jinja tags
+    (``{%``/``{{``) is a template itself. transformers renders an unknown name as the template text, i.e. the literal
+    word ("phi") instead of a prompt, which here is a :class:`ChatTemplateError` listing the known names instead.
+    """
+    templates = getattr(processor, "chat_template", None)
+    if chat_template is not None and ("{%" in chat_template or "{{" in chat_template):
+        return chat_template
+    name = "default" if chat_template is None else chat_template
+    if isinstance(templates, dict) and name in templates:
+        return templates[name]
+    if isinstance(templates, str) and name == "default":
+        return templates
+    known = chat_template_names(processor)
+    if not known:
+        raise ChatTemplateError(
+            "the processor has no chat template; save one with the checkpoint (chat_template.jinja) or pass "
+            "--chat-template with the Jinja text"
+        )
+    if chat_template is None:
+        raise ChatTemplateError(
+            f"the processor has no default chat template; pass --chat-template, one of: {', '.join(known)}"
+        )
+    raise ChatTemplateError(
+        f"unknown chat template {chat_template!r}; this checkpoint's templates: {', '.join(known)} "
+        "(from its chat_template.jinja and additional_chat_templates/)"
+    )
+
+
 @torch.inference_mode()
 def generate_batch(
     model: Any,
@@ -262,9 +317,12 @@ def generate_batch(
     **generate_kwargs: Any,
 ) -> list[str]:
     """Generate one answer per conversation in a single left-padded batch; greedy unless ``generate_kwargs`` say
-    otherwise. Returns the decoded new text of each row, special tokens removed and whitespace stripped."""
+    otherwise. Returns the decoded new text of each row, special tokens removed and whitespace stripped.
+
+    ``chat_template`` is a template name or Jinja text (see :func:`resolve_chat_template`); default: the processor's.
+    """
+    template = resolve_chat_template(processor, chat_template)
     with _LeftPadding(processor) as pad_token_id:
-        template_kwargs = {} if chat_template is None else {"chat_template": chat_template}
         inputs = processor.apply_chat_template(
             list(conversations),
             add_generation_prompt=True,
@@ -272,7 +330,7 @@ def generate_batch(
             return_dict=True,
             return_tensors="pt",
             processor_kwargs={"padding": True},
-            **template_kwargs,
+            chat_template=template,
         )
     device, dtype = _model_device_dtype(model)
     inputs = inputs.to(device, dtype)
@@ -356,11 +414,16 @@ def run_eval(
             the model id gets a ``+blank-image`` suffix so such answers are never mixed with real ones.
         model_id: ``model_id`` written on every line (default: last path component of the checkpoint).
         chat_template: name (or Jinja source) of the processor chat template; default: the processor's default.
+            An unknown name is a :class:`ChatTemplateError` listing the checkpoint's names.
         progress: show a tqdm progress bar.
+
+    The answer file records what produced it (:mod:`~tinyllava_hf.eval.fingerprint`): every line carries a run
+    fingerprint id, and ``<output>.meta.json`` its components (weights and config hashes, chat template, task and
+    prompt suffix, generation settings). Resuming with a different model or settings is refused, saying what differs.
 
     Raises:
         ImageLoadError: an image is missing or unreadable (message names the file and question id).
-        EvalDataError: a malformed question file or answer file, or an answer file from another model or prompt.
+        EvalDataError: a malformed question file or answer file, or an answer file from another model, run or prompt.
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if batch_size < 1:
@@ -379,15 +442,25 @@ def run_eval(
     if blank_image and not model_id.endswith(BLANK_IMAGE_TAG):
         model_id += BLANK_IMAGE_TAG
 
+    template = resolve_chat_template(processor, chat_template)  # an unknown name fails before any hashing
+
     existing = read_answer_file(output)
-    answered: dict[Any, int] = {}  # resume key -> index of its (first) line in the existing file
+    answered: dict[Any, int] = {}  # resume key -> index of its line in the existing file
     for index, record in enumerate(existing.records):
         if record.get("model_id") != model_id:
             raise EvalDataError(
                 f"{output} holds answers of model_id {record.get('model_id')!r}, this run is {model_id!r}; "
                 "write to another --output (or delete the file) instead of mixing models"
             )
-        answered.setdefault(_record_key(record, by_prompt), index)
+        key = _record_key(record, by_prompt)
+        if key in answered:
+            # Which of two answers to keep is not ours to guess (a hand-merged file, or two runs concatenated).
+            first = existing.linenos[answered[key]]
+            raise EvalDataError(
+                f"{output} lines {first} and {existing.linenos[index]} both answer question_id "
+                f"{record['question_id']!r}; keep one of them (or delete the file) before resuming"
+            )
+        answered[key] = index
     for key, question in zip(keys, questions):
         if key in answered and existing.records[answered[key]].get("prompt") != question.text:
             raise EvalDataError(
@@ -396,6 +469,17 @@ def run_eval(
             )
     pending = [(key, q) for key, q in zip(keys, questions) if key not in answered]
     check_images([q for _, q in pending], image_folder)
+
+    _, dtype = _model_device_dtype(model)
+    fingerprint = run_fingerprint(
+        model, spec, template, max_new_tokens=new_tokens, blank_image=blank_image, dtype=dtype
+    )
+    check_resume(output, existing.records, fingerprint)
+    sidecar = read_sidecar(output)
+    if sidecar is None or sidecar.get("fingerprint") != fingerprint.id:
+        # A new file (or a lost sidecar of this same run): record what produced the answers before writing any.
+        name_or_path = str(getattr(model, "name_or_path", "") or "")
+        write_sidecar(output, fingerprint, model_id=model_id, model=name_or_path, task=spec.name)
 
     model.eval()
     color = blank_color(processor)
@@ -415,8 +499,11 @@ def run_eval(
                         if blank_image:
                             image = blank_like(image, color)
                     conversations.append(build_conversation(question.text, image))
-                answers = generate_batch(model, processor, conversations, new_tokens, chat_template=chat_template)
-                lines = [_answer_line(question, answer, model_id) for (_, question), answer in zip(batch, answers)]
+                answers = generate_batch(model, processor, conversations, new_tokens, chat_template=template)
+                lines = [
+                    _answer_line(question, answer, model_id, fingerprint.id)
+                    for (_, question), answer in zip(batch, answers)
+                ]
                 handle.write("".join(lines))
                 # Durable before moving on: a crash later loses at most the next batch.
                 handle.flush()

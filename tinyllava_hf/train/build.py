@@ -36,8 +36,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..builder import build_processor
-from ..chat_templates import TEMPLATE_EOS, get_chat_template
+from ..builder import build_processor, with_default_template
+from ..chat_templates import TEMPLATE_EOS
 from ..configuration_tinyllava import TinyLlavaConfig
 from ..modeling_tinyllava import TinyLlavaForConditionalGeneration
 from ..processing_tinyllava import TinyLlavaProcessor
@@ -147,7 +147,7 @@ def _build_from_parts(args: ModelArguments) -> tuple[TinyLlavaForConditionalGene
         tokenizer,
         AutoImageProcessor.from_pretrained(args.vision_tower),
         feature_extractor=AutoFeatureExtractor.from_pretrained(args.audio_tower) if args.audio_tower else None,
-        chat_template=get_chat_template(args.template),
+        template=args.template,
         image_aspect_ratio=args.image_aspect_ratio or "square",
     )
 
@@ -221,7 +221,7 @@ def load_pretrained(
     processor = AutoProcessor.from_pretrained(path)
     if args.template is not None:
         # e.g. a pretrain-stage checkpoint (pretrain template) finetuned with its LM's conversation template.
-        processor.chat_template = get_chat_template(args.template)
+        processor.chat_template = with_default_template(processor.chat_template, args.template)
         _sync_special_tokens(model, processor.tokenizer, args.template)
     if args.image_aspect_ratio is not None:
         processor.image_aspect_ratio = args.image_aspect_ratio

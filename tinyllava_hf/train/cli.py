@@ -13,16 +13,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import command_parser
+
 __all__ = ["make_merge_lora_parser", "make_tiny_parts_parser", "make_train_parser"]
-
-
-def _new_parser(subparsers: argparse._SubParsersAction | None, name: str, **kwargs) -> argparse.ArgumentParser:
-    """The command's parser: added to `subparsers` (`tinyllava-hf NAME`) or stand-alone, named the same either way."""
-    kwargs["prog"] = f"tinyllava-hf {name}"  # not the top-level usage line argparse would prefix
-    if subparsers is not None:
-        return subparsers.add_parser(name, **kwargs)
-    kwargs.pop("help", None)
-    return argparse.ArgumentParser(**kwargs)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -38,7 +31,7 @@ def make_train_parser(subparsers: argparse._SubParsersAction | None = None) -> a
     That parser reads the recipe YAML, the overrides (`--output_dir` and `--output-dir` alike) and answers `--help`, so
     this one must not interpret any option: with "+" as its only prefix, every "--key" reaches `train_argv` verbatim.
     """
-    parser = _new_parser(
+    parser = command_parser(
         subparsers,
         "train",
         help="train (pretrain/finetune) with TRL's SFTTrainer from a recipe YAML; see `train --help`",
@@ -61,7 +54,7 @@ def _merge_lora(args: argparse.Namespace) -> int:
 
 def make_merge_lora_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
     """`tinyllava-hf merge-lora ADAPTER_DIR OUT`: fold a LoRA/QLoRA adapter into its base model."""
-    parser = _new_parser(
+    parser = command_parser(
         subparsers,
         "merge-lora",
         help="merge a LoRA/QLoRA adapter into its base model (full-precision checkpoint)",
@@ -86,7 +79,7 @@ def _tiny_parts(args: argparse.Namespace) -> int:
 
 def make_tiny_parts_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
     """`tinyllava-hf tiny-parts [OUT_DIR]`: what the debug recipes (`recipes/debug/`) build their model from."""
-    parser = _new_parser(
+    parser = command_parser(
         subparsers,
         "tiny-parts",
         help="write tiny random LM/vision/audio parts and shapes data for the debug recipes",

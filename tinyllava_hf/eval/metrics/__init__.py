@@ -16,7 +16,7 @@ those of `tinyllava-hf eval score`. It loads from the installed package, offline
 `predictions` are answer records (`question_id`, `text`, and `prompt` where the answer file has it), `references` one
 `{"key", "annotation"}` row per scorable question, as :func:`reference_rows` makes them from a task's annotations:
 questions are matched by the task's own rules (POPE splits, MME's per-image questions), not by position. The result
-is the scorer's output: the metrics `RESULT.json` holds, plus `num_scored` and `missing`.
+is the scorer's output: the metrics a result file (`eval score`) holds, plus `num_scored` and `missing`.
 """
 
 from __future__ import annotations
