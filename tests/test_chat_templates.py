@@ -22,6 +22,7 @@ from tinyllava_hf.chat_templates import (
     render_chat_template,
     upstream_conversation_to_messages,
 )
+from tinyllava_hf.constants import IGNORE_INDEX
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 # case -> upstream conv_version it was recorded with
@@ -33,8 +34,7 @@ CASES = {
 }
 # Cases whose tokenizer files are copied (case4 shares case1's llama format).
 TOKENIZER_CASES = ["case1_tinyllama_siglip_mlp2x_gelu", "case2_phi_clip_mlp2x_gelu", "case3_qwen2_siglip_resampler"]
-IGNORE_INDEX = -100
-IMAGE_TOKEN_INDEX = -200
+IMAGE_TOKEN_INDEX = -200  # upstream marks <image> in input ids with this id
 
 # The system sentence and eos texts, read off upstream's template files (TinyLLaVA_Factory
 # tinyllava/data/template/{llama,phi,gemma,qwen2_base,qwen2_instruct}_template.py: `system`, `format_assistant`

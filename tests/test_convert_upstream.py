@@ -33,6 +33,7 @@ import tinyllava_hf  # noqa: F401  (registers the tinyllava Auto classes)
 from tinyllava_hf import TinyLlavaConfig, TinyLlavaForConditionalGeneration
 from tinyllava_hf.chat_templates import upstream_conversation_to_messages
 from tinyllava_hf.cli import main as cli
+from tinyllava_hf.constants import IGNORE_INDEX
 from tinyllava_hf.convert import ConversionError, convert_upstream
 from tinyllava_hf.convert.upstream import (
     TEXT_CONFIG_DEFAULTS_440,
@@ -43,7 +44,7 @@ from tinyllava_hf.convert.upstream import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
-IMAGE_TOKEN_INDEX, IGNORE_INDEX = -200, -100
+IMAGE_TOKEN_INDEX = -200  # upstream marks <image> in input ids with this id
 # case -> (chat template upstream used, Q-Former heads of the tiny stand-in BERT (not stored upstream), whether
 # `<image>` needs a new LM vocabulary row: the llama tokenizers fill the LM vocabulary, phi/qwen2 have padding rows).
 CASES = {
