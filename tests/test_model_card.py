@@ -79,3 +79,16 @@ def test_missing_template_is_a_clear_error(checkpoint, tmp_path):
     folder, _ = checkpoint
     with pytest.raises(FileNotFoundError, match="Model card template not found"):
         render_model_card(folder, card_info(), template_path=tmp_path / "nope.md")
+
+
+def test_checkpoint_card_of_a_command_claims_no_evaluation(checkpoint):
+    from tinyllava_hf.hub import write_checkpoint_card
+
+    folder, config = checkpoint
+    origin = "Converted by `tinyllava-hf convert` from an upstream TinyLLaVA Factory checkpoint."
+    card = ModelCard.load(write_checkpoint_card(folder, origin))
+    assert card.data.library_name == "transformers" and not card.data.eval_results and not card.data.datasets
+    assert origin in card.text and "No evaluation results are recorded" in card.text
+    assert f"{config.text_config.num_hidden_layers}-layer qwen2 LM" in card.text
+    assert "| stage | recipe |" not in card.text and "| benchmark |" not in card.text
+    assert "{{" not in card.text and "None" not in card.text

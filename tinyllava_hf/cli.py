@@ -58,6 +58,12 @@ COMMANDS: tuple[Command, ...] = (
         "tinyllava_hf.eval.cli:make_eval_parser",
         "run, score and report benchmarks (tasks | run | score | report | easy-vqa)",
     ),
+    Command("chat", "tinyllava_hf.chat:make_chat_parser", "chat with a checkpoint (images, audio, streaming)"),
+    Command(
+        "serve",
+        "tinyllava_hf.serve:make_serve_parser",
+        "serve a checkpoint with transformers' OpenAI-compatible server",
+    ),
     Command(
         "tiny-parts",
         "tinyllava_hf.train.cli:make_tiny_parts_parser",

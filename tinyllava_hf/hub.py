@@ -4,6 +4,7 @@ by hand."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -116,7 +117,7 @@ def render_model_card(model_dir: str | os.PathLike, info: CardInfo, template_pat
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         license=info.license,
-        datasets=info.datasets,
+        datasets=info.datasets or None,
         base_model=info.base_model or None,
         tags=sorted({"tinyllava", "custom_code", "image-text-to-text", "vision-language", *info.tags}),
         eval_results=[
@@ -129,7 +130,8 @@ def render_model_card(model_dir: str | os.PathLike, info: CardInfo, template_pat
                 metric_value=entry.value,
             )
             for entry in info.evaluation
-        ],
+        ]
+        or None,
     )
     card = ModelCard.from_template(
         card_data,
@@ -255,11 +257,57 @@ def _count_parameters(model_dir: Path) -> int:
 
 
 def _optional_versions() -> str:
+    # Read from the installed distributions' metadata: importing peft would pull in bitsandbytes and its warnings.
     versions = []
     for name in ("trl", "peft", "accelerate", "datasets"):
         try:
-            module = __import__(name)
-        except ImportError:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
             continue
-        versions.append(f"{name} {module.__version__}")
     return "".join(f", {version}" for version in versions)
+
+
+def describe_checkpoint(model_dir: str | os.PathLike) -> str:
+    """One sentence naming a checkpoint's parts, from its saved config."""
+    config = TinyLlavaConfig.from_pretrained(model_dir)
+    text, vision = config.text_config, config.vision_config
+    parts = (
+        f"a {text.num_hidden_layers}-layer {text.model_type} LM (hidden {text.hidden_size}) and a "
+        f"{vision.num_hidden_layers}-layer {vision.model_type.removesuffix('_vision_model')} vision tower, joined by "
+        f"an `{config.connector_type}` connector"
+    )
+    if config.audio_config is not None:
+        parts += f", with a {config.audio_config.encoder_layers}-layer Whisper audio tower"
+    return parts
+
+
+def write_checkpoint_card(
+    model_dir: str | os.PathLike,
+    origin: str,
+    training_stages: list[TrainingStage] | None = None,
+    base_model: list[str] | None = None,
+    datasets: list[str] | None = None,
+    tags: list[str] | None = None,
+) -> Path:
+    """Write the project's card for a checkpoint that a command (train, merge-lora, convert, import-llava) produced.
+
+    `origin` says in a sentence or two how it was made (the recipe and stage, or the converted source), and is shown
+    as the card's training summary; everything else comes from the checkpoint. No evaluation is claimed: the
+    evaluation section says none was recorded until a measured result is added.
+    """
+    model_dir = Path(model_dir)
+    name = model_dir.name
+    info = CardInfo(
+        model_name=name,
+        repo_id=name,
+        summary=f"A TinyLLaVA vision-language model: {describe_checkpoint(model_dir)}.",
+        training_summary=origin,
+        training_stages=list(training_stages or []),
+        evaluation=[],
+        evaluation_notes="No evaluation results are recorded for this checkpoint (`tinyllava-hf eval` measures them).",
+        limitations="Not evaluated: check it on your task before relying on it.",
+        datasets=list(datasets or []),
+        base_model=list(base_model or []),
+        tags=list(tags or []),
+    )
+    return write_model_card(model_dir, info)

@@ -25,7 +25,14 @@ from ..cli import main as cli_main
 from ..eval.runner import run_eval
 from ..eval.score import score_file
 from ..files import packaged_file, write_json_atomic
-from ..hub import CardInfo, EvaluationEntry, default_template_name, training_stage, write_model_card
+from ..hub import (
+    CardInfo,
+    EvaluationEntry,
+    default_template_name,
+    describe_checkpoint,
+    training_stage,
+    write_model_card,
+)
 from ..loading import load_model_and_processor
 from .data import write_demo_data
 from .parts import DemoPartsSpec, save_parts
@@ -229,21 +236,13 @@ def _fraction(percent: float) -> float:
 def _card_info(final_dir: Path, results: dict, stage_dirs: dict[str, Path], timings: dict[str, float]) -> CardInfo:
     """The demo's card: the training rows and the model description come from the recipes that ran and the
     checkpoints they saved; only what no file records (the data set, the limitations) is written here."""
-    from ..configuration_tinyllava import TinyLlavaConfig
-
     stages = [
         training_stage(
             name, RECIPES[name], packaged_file(RECIPES[name]), run_dir, STAGE_DATA[name], f"{timings[name]:.0f} s"
         )
         for name, run_dir in stage_dirs.items()
     ]
-    config = TinyLlavaConfig.from_pretrained(final_dir)
-    text, vision = config.text_config, config.vision_config
-    parts = (
-        f"a {text.num_hidden_layers}-layer {text.model_type} LM (hidden {text.hidden_size}) and a "
-        f"{vision.num_hidden_layers}-layer {vision.model_type.removesuffix('_vision_model')} vision tower, joined by "
-        f"an `{config.connector_type}` connector"
-    )
+    parts = describe_checkpoint(final_dir)
     stage_lines = "; ".join(
         f"{stage.name} (`{stage.recipe}`) trains {stage.trainable} in {stage.precision} for {stage.steps} steps"
         for stage in stages
