@@ -25,11 +25,13 @@ def test_results_file(demo_dir):
     results = json.loads((demo_dir / "eval_results.json").read_text())
     assert results["task"] == "easy_vqa"
     assert 0.0 <= results["accuracy"] <= 1.0 and 0.0 <= results["blind_accuracy"] <= 1.0
+    assert 0.0 <= results["sentence_case_accuracy"] <= 1.0
+    assert "first letter upper-cased" in results["sentence_case_questions"]
     assert results["num_questions"] == 24
     assert "seeded sample of 24" in results["questions"]
     assert set(results["seconds"]) == {"parts", "data", "pretrain", "finetune", "evaluation", "total"}
     # The scored answer files hold one line per question, for both runs.
-    for name in ("image_predictions.jsonl", "blank_predictions.jsonl"):
+    for name in ("image_predictions.jsonl", "blank_predictions.jsonl", "sentence_case_predictions.jsonl"):
         assert len((demo_dir / "eval" / name).read_text().splitlines()) == 24
 
 
@@ -43,9 +45,10 @@ def test_model_card_parses_with_measured_scores(demo_dir):
     card = ModelCard.load(demo_dir / "final" / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-text-to-text"
     values = sorted(result.metric_value for result in card.data.eval_results)
-    assert values == sorted([results["accuracy"], results["blind_accuracy"]])
+    assert values == sorted([results["accuracy"], results["blind_accuracy"], results["sentence_case_accuracy"]])
     assert "recipes/easy_vqa/finetune/config_demo.yaml" in card.text
     assert "{{" not in card.text
+    assert '"What color is the shape?"' in card.text  # the quick start asks as people write
 
 
 def test_checkpoint_answers_through_the_default_template(demo_dir):

@@ -2,6 +2,7 @@
 ordinary HF folders, the tokenizer keeps prompts short and answers separate, and a model builds from the parts."""
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from tinyllava_hf.demo.data import (
     image_captions,
     image_labels,
     load_split,
+    natural_questions,
+    rewrite_question,
+    sentence_case,
     write_demo_data,
 )
 from tinyllava_hf.demo.parts import (
@@ -114,6 +118,48 @@ def test_caption_for_partial_knowledge():
     assert caption_for(None, None) == "a shape"
 
 
+# ------------------------------------------------------------------------------------------- questions as people type
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().rstrip(" ?.").split()
+
+
+def test_sentence_case_capitalises_only_the_first_letter():
+    assert sentence_case("what color is the shape?") == "What color is the shape?"
+    assert sentence_case("is there a red shape in the image?") == "Is there a red shape in the image?"
+    assert sentence_case("") == ""
+
+
+def test_rewritten_questions_keep_the_words_and_vary_the_writing():
+    rng = random.Random(0)
+    question = "what color is the shape?"
+    rewrites = [rewrite_question(question, rng) for _ in range(400)]
+    assert all(_words(text) == _words(question) for text in rewrites)
+    stripped = [text.strip() for text in rewrites]
+    assert "What color is the shape?" in stripped and "WHAT COLOR IS THE SHAPE?" in stripped
+    assert {text[-1] for text in stripped} >= {"?", ".", "e"}  # with and without a question mark, or a full stop
+    assert any(text.endswith(" ?") for text in stripped)
+    assert any("  " in text for text in stripped)
+    assert any(text != text.strip() for text in rewrites)
+
+
+def test_finetune_questions_rewrite_every_second_one_the_same_way_each_time(train_questions):
+    natural = natural_questions(train_questions)
+    assert len(natural) == len(train_questions)
+    assert natural == natural_questions(train_questions)  # seeded: the same text in every demo
+    assert natural[0::2] == train_questions[0::2]
+    for original, rewritten in zip(train_questions[1::2], natural[1::2], strict=True):
+        assert (rewritten.question_id, rewritten.answer, rewritten.image) == (
+            original.question_id,
+            original.answer,
+            original.image,
+        )
+        assert _words(rewritten.text) == _words(original.text)
+    sentence_cased = sum(q.text.strip().startswith(q.text.strip()[0].upper()) for q in natural[1::2])
+    assert 0.5 < sentence_cased / len(natural[1::2]) < 0.8  # sentence case (0.6) and upper case (0.1)
+
+
 # ---------------------------------------------------------------------------------------------------------- data files
 
 
@@ -151,6 +197,19 @@ def test_demo_data_files_are_well_formed(demo_data):
     assert all((files.test_image_folder / q["image"]).is_file() and q["text"].endswith("?") for q in questions)
     # The seeded sample is the one the explore script scores, and the same seed gives the same questions.
     assert [q["question_id"] for q in questions] == [q.question_id for q in load_split("test", 50, seed=0)]
+
+
+def test_finetune_data_and_sentence_case_test_file(demo_data, train_questions):
+    finetune = json.loads(demo_data.finetune.read_text())
+    texts = [record["conversations"][0]["value"].removeprefix("<image>\n") for record in finetune]
+    assert texts == [q.text for q in natural_questions(train_questions)]
+    assert "What color is the shape?" in texts
+
+    questions = [json.loads(line) for line in demo_data.test_questions.read_text().splitlines()]
+    cased = [json.loads(line) for line in demo_data.test_questions_sentence_case.read_text().splitlines()]
+    assert demo_data.test_questions_sentence_case.parent == demo_data.test_questions.parent
+    assert [{**q, "text": sentence_case(q["text"])} for q in questions] == cased
+    assert all(q["text"][0].isupper() and q["text"][1:].islower() and q["text"].endswith("?") for q in cased)
 
 
 def test_training_data_loads_through_the_train_pipeline(demo_data, tmp_path):
@@ -222,6 +281,33 @@ def test_tokenizer_keeps_prompts_short_and_answers_separate(parts):
     assert len(prompt_ids) <= 12
     for word in (*COLORS, *SHAPES, "yes", "no"):
         assert len(tokenizer.tokenize(" " + word)) == 1, word
+
+
+def test_tokenizer_pieces_of_natural_questions_all_occur_in_training(parts, train_questions):
+    # The README's "What color is the shape?" used to become "W" + "hat": a token the finetune data never held, so
+    # its embedding stayed random. Every way of writing the question must now tokenize into trained pieces only.
+    tokenizer = AutoTokenizer.from_pretrained(parts["llm"])
+
+    def prompt_tokens(question: str) -> list[str]:
+        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        return tokenizer.tokenize(render_chat_template(DEMO_TEMPLATE, [user], add_generation_prompt=True))
+
+    trained = set()
+    for text in {q.text for q in natural_questions(train_questions)}:
+        trained.update(prompt_tokens(text))
+    forms = [
+        "what color is the shape?",
+        "What color is the shape?",
+        "What color is the shape",
+        "What color is the shape.",
+        "WHAT COLOR IS THE SHAPE?",
+        "  What  color is the shape? ",
+        "Is there a red shape in the image?",
+        "Does the image contain a circle",
+    ]
+    for form in forms:
+        assert set(prompt_tokens(form)) <= trained, (form, set(prompt_tokens(form)) - trained)
+    assert "ĊW" not in prompt_tokens("What color is the shape?")
 
 
 def test_model_builds_from_the_parts_like_the_train_cli(parts):

@@ -1,10 +1,12 @@
 """Constants shared across the package, each defined once.
 
-The placeholder strings are defined in `processing_tinyllava.py`, which ships as remote code and so cannot import
-from `tinyllava_hf`; everything else takes them from here.
+Plain Python with no imports: `processing_tinyllava.py` ships as remote code and imports it as a flat sibling
+(`from .constants import ...`), so this file travels with every saved checkpoint too.
 """
 
-from .processing_tinyllava import AUDIO_TOKEN, IMAGE_TOKEN
+# The placeholder strings that mark media in prompts; the processor expands each into the model's placeholder tokens.
+IMAGE_TOKEN = "<image>"
+AUDIO_TOKEN = "<audio>"
 
 # Label value that the loss ignores (PyTorch's `CrossEntropyLoss` default `ignore_index`, used by transformers).
 IGNORE_INDEX = -100

@@ -99,3 +99,26 @@ def atomic_output_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_not_overlapping(
+    source: PathLike, destination: PathLike, error: type[Exception] = OutputExistsError, what: str = "source"
+) -> None:
+    """Refuse a `destination` that is `source`, lies inside it or contains it, whatever `overwrite` says.
+
+    Writing there would replace (or, through `atomic_output_dir`'s final swap, delete) the input being read. Cheap
+    and path-only: call it before any heavy work. A `source` that is not a local path (a Hub id) never overlaps.
+    """
+    src = Path(source).expanduser()
+    if not src.exists():
+        return
+    src, dst = src.resolve(), Path(destination).expanduser().resolve()
+    if dst == src:
+        problem = "is the same folder as"
+    elif dst.is_relative_to(src):
+        problem = "is inside"
+    elif src.is_relative_to(dst):
+        problem = "contains"
+    else:
+        return
+    raise error(f"Output {destination} {problem} the {what} {source}: it would be overwritten; choose another output.")

@@ -27,6 +27,7 @@ from .connectors_tinyllava import build_connector, init_connector_parameters
 # Flat files that make a saved folder loadable with `trust_remote_code=True` and no tinyllava_hf installed.
 REMOTE_CODE_FILES = (
     "configuration_tinyllava.py",
+    "constants.py",
     "connectors_tinyllava.py",
     "modeling_tinyllava.py",
     "processing_tinyllava.py",

@@ -3,7 +3,7 @@
 Each `<image>` / `<audio>` in the text is expanded into exactly as many placeholder tokens as the model fills, a
 number stored in `processor_config.json` when the processor is built from the model config (never guessed here).
 
-Shipped as remote code: imports only transformers/PIL/numpy and nothing from `tinyllava_hf`.
+Shipped as remote code: imports only transformers/PIL/numpy and its flat sibling `constants.py`, never `tinyllava_hf`.
 """
 
 import base64
@@ -15,10 +15,9 @@ from transformers import ProcessorMixin
 from transformers.image_transforms import convert_to_rgb, to_pil_image
 from transformers.image_utils import make_flat_list_of_images
 
+from .constants import AUDIO_TOKEN, IMAGE_TOKEN
+
 IMAGE_ASPECT_RATIOS = ("square", "pad")
-# The placeholder strings that mark media in prompts (the rest of the package imports them from `constants`).
-IMAGE_TOKEN = "<image>"
-AUDIO_TOKEN = "<audio>"
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:

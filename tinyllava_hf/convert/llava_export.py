@@ -39,24 +39,29 @@ from transformers import (
 )
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-from ..builder import build_processor
-from ..chat_templates import get_chat_template
+from ..builder import build_processor, with_default_template
 from ..configuration_tinyllava import VISION_TOWER_PREFIX_TOKENS, TinyLlavaConfig, canonical_connector_name
 from ..constants import IMAGE_TOKEN
-from ..files import atomic_output_dir, check_destination
+from ..files import atomic_output_dir
 from ..processing_tinyllava import TinyLlavaProcessor
 from .upstream import (
+    LLAVA,
+    TINYLLAVA_HF,
     ConversionError,
     KeyRule,
+    check_conversion_paths,
     load_strict,
     meta_model,
     read_state_dict,
     rename_state_dict,
+    write_conversion_card,
 )
 
 __all__ = ["LLAVA_TOWERS", "check_llava_expressible", "export_llava", "import_llava"]
 
 LLAVA_TOWERS = ("clip_vision_model", "siglip_vision_model")
+# The name an imported llava processor's own chat template keeps beside the TinyLLaVA ones.
+IMPORTED_TEMPLATE_NAME = "llava"
 # Image-processor settings carried over to LlavaImageProcessorPil when `pad` has to be expressed by its `do_pad`.
 _IMAGE_PROCESSOR_FIELDS = (
     "do_resize",
@@ -215,7 +220,7 @@ def export_llava(src: str | Path, dst: str | Path, *, overwrite: bool = False) -
         `dst` as an absolute path.
     """
     src = Path(src)
-    check_destination(dst, overwrite, error=ConversionError)  # before any heavy work
+    check_conversion_paths(src, dst, overwrite, expected=TINYLLAVA_HF)  # before any heavy work
     config = TinyLlavaConfig.from_pretrained(src)
     check_llava_expressible(config)
     processor = AutoProcessor.from_pretrained(src)
@@ -319,10 +324,8 @@ def import_llava(src: str | Path, dst: str | Path, *, template: str | None = Non
         `dst` as an absolute path.
     """
     src = Path(src)
-    check_destination(dst, overwrite, error=ConversionError)  # before any heavy work
+    check_conversion_paths(src, dst, overwrite, expected=LLAVA)  # before any heavy work
     llava_config = AutoConfig.from_pretrained(src)
-    if llava_config.model_type != "llava":
-        raise ConversionError(f"{src}: model_type={llava_config.model_type!r}, expected 'llava'.")
     reasons = []
     if llava_config.projector_hidden_act != "gelu":
         reasons.append(f"projector_hidden_act={llava_config.projector_hidden_act!r} (mlp2x_gelu needs 'gelu')")
@@ -343,15 +346,18 @@ def import_llava(src: str | Path, dst: str | Path, *, template: str | None = Non
         # Our processor pads (same background, same offsets) before calling the image processor.
         aspect = "pad"
         image_processor.do_pad = False
-    if template is not None:
-        try:
-            chat_template = get_chat_template(template)
-        except ValueError as error:
-            raise ConversionError(str(error)) from None
-    elif llava_processor.chat_template is not None:
-        chat_template = llava_processor.chat_template
-    else:
+    # Every named template stays selectable by name, as in the checkpoints `train` writes; the llava processor's own
+    # template is kept as `llava` and is the default unless `template` names another.
+    own = llava_processor.chat_template
+    own = own if isinstance(own, dict) else {"default": own} if own else {}
+    own_templates = {IMPORTED_TEMPLATE_NAME if name == "default" else name: text for name, text in own.items()}
+    if template is None and IMPORTED_TEMPLATE_NAME not in own_templates:
         raise ConversionError(f"{src}: the llava processor has no chat template; pass a template name.")
+    template = template or IMPORTED_TEMPLATE_NAME
+    try:
+        chat_template = with_default_template(own_templates, template)
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
 
     config = TinyLlavaConfig(
         text_config=llava_config.text_config.to_dict(),
@@ -384,4 +390,10 @@ def import_llava(src: str | Path, dst: str | Path, *, template: str | None = Non
     with atomic_output_dir(dst, overwrite=overwrite, error=ConversionError) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+    write_conversion_card(
+        dst,
+        f"Imported by `tinyllava-hf import-llava` from the native transformers llava checkpoint `{src.absolute()}`; "
+        "its projector became an `mlp2x_gelu` connector with the same weights.",
+        tags=["llava-import"],
+    )
     return dst

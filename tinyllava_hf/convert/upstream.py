@@ -31,11 +31,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import CONFIG_MAPPING, AutoImageProcessor, AutoTokenizer, GenerationConfig
 
-from ..builder import build_processor
+from ..builder import build_processor, processor_chat_templates
 from ..chat_templates import get_chat_template
 from ..configuration_tinyllava import TinyLlavaConfig, canonical_connector_name
 from ..constants import IMAGE_TOKEN
-from ..files import atomic_output_dir, check_destination, write_json_atomic
+from ..files import atomic_output_dir, check_destination, check_not_overlapping, write_json_atomic
+from ..loading import ModelLoadError, resolve_model_source
 from ..modeling_tinyllava import TinyLlavaForConditionalGeneration
 
 __all__ = [
@@ -568,16 +569,7 @@ def convert_upstream(
         `dst` as an absolute path.
     """
     src = Path(src)
-    check_destination(dst, overwrite, error=ConversionError)  # before any heavy work
-    config_path = src / "config.json"
-    if not config_path.is_file():
-        raise ConversionError(f"{src} has no config.json.")
-    upstream = json.loads(config_path.read_text())
-    if upstream.get("model_type") != "tinyllava" or "llm_model_name_or_path" not in upstream:
-        raise ConversionError(
-            f"{config_path}: model_type={upstream.get('model_type')!r}; expected an upstream TinyLLaVA Factory "
-            "config (model_type 'tinyllava' with llm_model_name_or_path)."
-        )
+    upstream = check_conversion_paths(src, dst, overwrite, expected=UPSTREAM)  # before any heavy work
     aspect = upstream.get("image_aspect_ratio", "square")
     if aspect not in ("square", "pad"):
         raise ConversionError(f"image_aspect_ratio={aspect!r} is not supported (only 'square' and 'pad').")
@@ -625,7 +617,9 @@ def convert_upstream(
         config,
         text_tokenizer,
         images,
-        chat_template=get_chat_template(template_name),
+        # Every named template stays selectable (`apply_chat_template(..., chat_template="phi")`), the chosen one
+        # as the default, as in checkpoints that `train` writes.
+        chat_template=processor_chat_templates(template_name, getattr(text_tokenizer, "chat_template", None)),
         image_aspect_ratio=aspect,
     )
     # No vocabulary growth when the tokenizer already fills the LM's vocabulary: `<image>` may get an id past it,
@@ -647,7 +641,79 @@ def convert_upstream(
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         _write_conversion_note(tmp, src, upstream, template_name, tokenizer_dir, processor_dir, IMAGE_TOKEN)
+    write_conversion_card(
+        dst,
+        f"Converted by `tinyllava-hf convert` from the upstream TinyLLaVA Factory checkpoint `{src.absolute()}` "
+        f"(LM `{upstream.get('llm_model_name_or_path')}`, vision tower `{upstream.get('vision_model_name_or_path')}`"
+        f"); the weights are unchanged and the `{template_name}` chat template is the default.",
+        tags=["tinyllava-factory-conversion"],
+    )
     return dst
+
+
+# What a folder holds, from its config.json: the kinds the conversion commands read.
+UPSTREAM, TINYLLAVA_HF, LLAVA = "upstream", "tinyllava-hf", "llava"
+_KIND_NAMES = {
+    UPSTREAM: "an upstream TinyLLaVA Factory checkpoint",
+    TINYLLAVA_HF: "a tinyllava-hf checkpoint",
+    LLAVA: "a native transformers llava checkpoint",
+}
+# What to run instead, for a folder of the wrong kind.
+_KIND_FIX = {
+    UPSTREAM: "convert it with `tinyllava-hf convert`",
+    TINYLLAVA_HF: "it loads as it is (`tinyllava-hf export-llava` makes a llava one)",
+    LLAVA: "import it with `tinyllava-hf import-llava`",
+}
+
+
+def checkpoint_kind(config: Mapping[str, Any]) -> str:
+    """`upstream`, `tinyllava-hf`, `llava`, or the config's model_type: both TinyLLaVA kinds say "tinyllava", but
+    only upstream's names its LM by path (`llm_model_name_or_path`) instead of holding its `text_config`."""
+    model_type = config.get("model_type")
+    if model_type == "tinyllava":
+        return UPSTREAM if "llm_model_name_or_path" in config else TINYLLAVA_HF
+    return LLAVA if model_type == "llava" else str(model_type)
+
+
+def check_conversion_paths(src: str | Path, dst: str | Path, overwrite: bool, expected: str) -> dict[str, Any]:
+    """The checks of every conversion before any weight is read: `src` is a local folder of the `expected` kind,
+    `dst` neither overlaps it nor (without `overwrite`) holds anything. Returns `src`'s config.json.
+
+    Sources follow the one rule of `tinyllava_hf.loading` (a missing path is never tried as a Hub id); conversions
+    read weights from disk, so a Hub id must be downloaded first.
+    """
+    try:
+        source, is_local = resolve_model_source(src)
+    except ModelLoadError as error:
+        raise ConversionError(str(error)) from None
+    if not is_local:
+        raise ConversionError(
+            f"no folder {str(src)!r}: conversions read a local checkpoint folder (for a Hub model, download it first: "
+            f"`hf download {src} --local-dir DIR`)."
+        )
+    check_not_overlapping(src, dst, error=ConversionError, what="source checkpoint")
+    check_destination(dst, overwrite, error=ConversionError)
+    config_path = Path(source) / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    kind = checkpoint_kind(config)
+    if kind != expected:
+        found = _KIND_NAMES.get(kind, f"a {kind!r} model")
+        fix = _KIND_FIX.get(kind, f"give the folder of {_KIND_NAMES[expected]}")
+        raise ConversionError(
+            f"{src} is {found} ({config_path}: model_type={config.get('model_type')!r}), not "
+            f"{_KIND_NAMES[expected]}: {fix}."
+        )
+    return config
+
+
+def write_conversion_card(model_dir: Path, origin: str, tags: list[str]) -> None:
+    """The project's model card for a converted checkpoint, with its provenance as the card's origin sentence.
+
+    Written once the folder is in place: the card is named after the folder, not the temporary one it was built in.
+    """
+    from ..hub import write_checkpoint_card  # model cards need huggingface_hub's Jinja rendering; imported on use
+
+    write_checkpoint_card(model_dir, origin, tags=tags)
 
 
 def _check_image_size(image_processor, image_size: int, folder: Path) -> None:

@@ -8,10 +8,12 @@ This module writes, under one folder:
                              `pretrain` template trains `<image>` + caption. The package has no captions, so colour
                              and shape are worked out from each image's question/answer pairs (`image_attributes`).
     finetune.json            every train question as a one-turn conversation (human "<image>\\n{question}", gpt
-                             "{answer}"), the format the evaluation prompts use.
+                             "{answer}"), the format the evaluation prompts use; every second question is rewritten
+                             the ways people write (`natural_questions`).
     easy_vqa_test/           `questions.jsonl` (LLaVA evaluation questions) and `annotations.jsonl` (answers) of the
                              whole test split or a seeded sample, written by the evaluation's own
-                             `tinyllava_hf.easy_vqa`, so training and scoring read the package the same way.
+                             `tinyllava_hf.easy_vqa`, so training and scoring read the package the same way; and
+                             `questions_sentence_case.jsonl`, the same questions in sentence case (`sentence_case`).
 
 Training images are referenced by absolute path into the installed package; nothing is copied.
 
@@ -19,7 +21,9 @@ Training images are referenced by absolute path into the installed package; noth
     write_demo_data("outputs/demo/data", test_limit=None, seed=0)
 """
 
+import dataclasses
 import json
+import random
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -31,6 +35,7 @@ from ..files import write_text_atomic
 
 __all__ = [
     "COLORS",
+    "SENTENCE_CASE_RULE",
     "SHAPES",
     "DemoDataFiles",
     "EasyVqaQuestion",
@@ -39,6 +44,9 @@ __all__ = [
     "image_captions",
     "image_labels",
     "load_split",
+    "natural_questions",
+    "rewrite_question",
+    "sentence_case",
     "write_demo_data",
 ]
 
@@ -47,6 +55,18 @@ _COLOR_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
 _SHAPE_RE = re.compile(r"\b(" + "|".join(SHAPES) + r")\b")
 # Negated presence questions: "is there not a circle?", "does the image not contain ...", "is no rectangle present?"
 _NEGATION_RE = re.compile(r"\b(not|no)\b")
+
+# easy-VQA's questions are all lowercase and end in "?", so a model trained on them alone never sees "What": the
+# demo's BPE splits it into "W" + "hat" and the model answered the README's "What color is the shape?" with "yes".
+# Every second finetune question is therefore rewritten into one of the forms people type. Weights per choice:
+_CASES = {"sentence": 0.6, "lower": 0.3, "upper": 0.1}  # "What color ...", "what color ...", "WHAT COLOR ..."
+_ENDINGS = {"?": 0.55, "": 0.25, ".": 0.1, " ?": 0.1}
+_DOUBLE_SPACE = 0.1  # one space between two words doubled
+_OUTER_SPACES = 0.15  # spaces before and after (the chat templates strip them, as upstream; typed all the same)
+# The rewriting is part of the data, not of the run: a fixed seed keeps finetune.json and the tokenizer's corpus the
+# same text in every demo.
+REWRITE_SEED = 0
+SENTENCE_CASE_RULE = "first letter upper-cased, the rest unchanged (question mark kept)"
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,40 @@ def load_split(split: str, limit: int | None = None, seed: int = 0) -> list[Easy
             image=str((folder / record["image"]).resolve()),
         )
         for record in sample_records(records, limit, seed)
+    ]
+
+
+def sentence_case(text: str) -> str:
+    """`text` with its first letter upper-cased and the rest unchanged: "what color is it?" -> "What color is it?"."""
+    return text[:1].upper() + text[1:]
+
+
+def rewrite_question(text: str, rng: random.Random) -> str:
+    """One of the ways a person might type an easy-VQA question: sentence case, lower or upper case; ending in "?",
+    " ?", "." or nothing; now and then a doubled space or spaces around it. The words themselves are kept."""
+    case = rng.choices(list(_CASES), weights=list(_CASES.values()))[0]
+    ending = rng.choices(list(_ENDINGS), weights=list(_ENDINGS.values()))[0]
+    text = text.rstrip("?").rstrip()
+    text = {"sentence": sentence_case(text), "lower": text, "upper": text.upper()}[case] + ending
+    words = text.split(" ")
+    if len(words) > 1 and rng.random() < _DOUBLE_SPACE:
+        at = rng.randrange(1, len(words))
+        text = " ".join(words[:at]) + "  " + " ".join(words[at:])
+    if rng.random() < _OUTER_SPACES:
+        text = " " * rng.randint(1, 2) + text + " " * rng.randint(1, 2)
+    return text
+
+
+def natural_questions(questions: Sequence[EasyVqaQuestion], seed: int = REWRITE_SEED) -> list[EasyVqaQuestion]:
+    """`questions` with every second one (odd positions) rewritten by `rewrite_question`, same count and order.
+
+    Half stay as the package words them, so the original questions keep as much training as the rewritten forms
+    take (the finetune stage runs a fixed number of steps, so its time does not change either).
+    """
+    rng = random.Random(seed)
+    return [
+        dataclasses.replace(question, text=rewrite_question(question.text, rng)) if index % 2 else question
+        for index, question in enumerate(questions)
     ]
 
 
@@ -158,6 +212,7 @@ class DemoDataFiles:
     test_answers: Path
     test_image_folder: Path
     num_test_questions: int
+    test_questions_sentence_case: Path  # `test_questions` with each text in `sentence_case`
 
 
 def write_demo_data(out_dir: str | Path, test_limit: int | None = None, seed: int = 0) -> DemoDataFiles:
@@ -192,11 +247,13 @@ def write_demo_data(out_dir: str | Path, test_limit: int | None = None, seed: in
                 {"from": "gpt", "value": question.answer},
             ],
         }
-        for question in train
+        for question in natural_questions(train)
     ]
     write_text_atomic(out_dir / "pretrain.json", json.dumps(pretrain, indent=1))
     write_text_atomic(out_dir / "finetune.json", json.dumps(finetune, indent=1))
     test = write_easy_vqa_files(out_dir / "easy_vqa_test", "test", limit=test_limit, seed=seed)
+    sentence_cased = test.questions.with_name("questions_sentence_case.jsonl")
+    write_text_atomic(sentence_cased, _sentence_cased_lines(test.questions))
     return DemoDataFiles(
         pretrain=out_dir / "pretrain.json",
         finetune=out_dir / "finetune.json",
@@ -204,4 +261,15 @@ def write_demo_data(out_dir: str | Path, test_limit: int | None = None, seed: in
         test_answers=test.annotations,
         test_image_folder=test.image_folder,
         num_test_questions=test.num_questions,
+        test_questions_sentence_case=sentence_cased,
     )
+
+
+def _sentence_cased_lines(questions_file: Path) -> str:
+    """The question file's lines with each `text` in sentence case, everything else unchanged."""
+    lines = []
+    for line in questions_file.read_text().splitlines():
+        record = json.loads(line)
+        record["text"] = sentence_case(record["text"])
+        lines.append(json.dumps(record) + "\n")
+    return "".join(lines)

@@ -4,7 +4,8 @@ No pretrained weights can be had offline, so the demo assembles a TinyLLaVA from
 
     llm/            a tiny `LlamaForCausalLM` (random init) + a byte-level BPE tokenizer trained here on the
                     easy-VQA questions/answers/captions rendered through the chat templates (with `<image>` and
-                    `<pad>` special tokens)
+                    `<pad>` special tokens); the questions are the finetune data's, half of them rewritten the ways
+                    people write (`data.natural_questions`), so "What" is a piece the model trains on
     vision_tower/   a small `SiglipVisionModel` for 64x64 images + its `SiglipImageProcessorPil`, trained from
                     scratch here for about half a minute to tell the colour and shape of the train images'
                     captions (`pretrain_vision_tower`), the stand-in for the image-caption pretraining that real
@@ -58,7 +59,7 @@ from ..train.tiny_parts import (
     train_bpe_tokenizer,
     vision_config,
 )
-from .data import COLORS, SHAPES, EasyVqaQuestion, caption_for, image_labels, load_split
+from .data import COLORS, SHAPES, EasyVqaQuestion, caption_for, image_labels, load_split, natural_questions
 
 __all__ = [
     "DEMO_TEMPLATE",
@@ -316,7 +317,9 @@ def save_parts(
     train = load_split("train")
     labels = list(image_labels(train).values())
     captions = [caption_for(color, shape) for _, color, shape in labels]
-    tokenizer = train_tokenizer(tokenizer_corpus(train, captions), spec.vocab_size, spec.split_words)
+    # The corpus holds the finetune stage's questions exactly as written to finetune.json (rewritten forms included).
+    corpus = tokenizer_corpus(natural_questions(train), captions)
+    tokenizer = train_tokenizer(corpus, spec.vocab_size, spec.split_words)
 
     paths = {"llm": out_dir / "llm", "vision_tower": out_dir / "vision_tower"}
     build_llm(tokenizer, spec).save_pretrained(paths["llm"])

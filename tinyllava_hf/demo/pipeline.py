@@ -7,7 +7,8 @@ the saved checkpoints. The output folder ends up with:
 
     DIR/final/               the checkpoint (AutoModelForImageTextToText + AutoProcessor, trust_remote_code=True),
                              with its model card as README.md
-    DIR/eval_results.json    accuracy and blind_accuracy (blank images) on the easy-VQA test questions
+    DIR/eval_results.json    accuracy and blind_accuracy (blank images) on the easy-VQA test questions, and
+                             sentence_case_accuracy on the same questions as people write them ("What color ...?")
     DIR/training.png         training loss of both stages and the accuracies
     DIR/parts/, DIR/data/, DIR/pretrain/, DIR/eval/   the intermediate artefacts (parts, data, stage 1, answers)
 """
@@ -34,7 +35,7 @@ from ..hub import (
     write_model_card,
 )
 from ..loading import load_model_and_processor
-from .data import write_demo_data
+from .data import SENTENCE_CASE_RULE, write_demo_data
 from .parts import DemoPartsSpec, save_parts
 
 # The two stages' recipes, by their path in the repository (`recipes/easy_vqa/...`, where people read and edit them;
@@ -45,6 +46,18 @@ RECIPES = {
 }
 STAGE_DATA = {"pretrain": "one caption per training image", "finetune": "easy-VQA training questions"}
 STEPS = 6
+# The scoring passes: result name -> (question file, blank images, answers file name, label in the plot).
+# easy-VQA's own questions are lowercase; the sentence-case copy asks them as the README's quick start does.
+EVAL_PASSES = {
+    "accuracy": ("test_questions", False, "image_predictions.jsonl", "image"),
+    "sentence_case_accuracy": (
+        "test_questions_sentence_case",
+        False,
+        "sentence_case_predictions.jsonl",
+        "image,\nSentence case",
+    ),
+    "blind_accuracy": ("test_questions", True, "blank_predictions.jsonl", "blank image"),
+}
 
 
 @dataclass
@@ -110,9 +123,10 @@ def plot_training(stages: dict[str, list[dict]], results: dict, path: Path) -> P
     loss_axis.set_yscale("log")
     loss_axis.legend()
     loss_axis.set_title("Training loss (pretrain, then finetune)")
-    labels = ["image", "blank image"]
-    values = [results["accuracy"], results["blind_accuracy"]]
-    bars = accuracy_axis.bar(labels, values, color=["tab:green", "tab:gray"])
+    labels = [label for *_, label in EVAL_PASSES.values()]
+    values = [results[name] for name in EVAL_PASSES]
+    bars = accuracy_axis.bar(labels, values, color=["tab:green", "tab:olive", "tab:gray"])
+    accuracy_axis.tick_params(axis="x", labelsize=8)
     accuracy_axis.bar_label(bars, fmt="%.3f")
     accuracy_axis.set_ylim(0, 1)
     accuracy_axis.set_title(f"easy-VQA test ({results['num_questions']} q.)")
@@ -174,20 +188,23 @@ def run_demo(settings: DemoSettings) -> dict:
     for checkpoint in final_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
 
-    _say(5, f"scoring {data.num_test_questions} easy-VQA test questions, with real and with blank images")
+    _say(
+        5,
+        f"scoring {data.num_test_questions} easy-VQA test questions: as written, in sentence case, with blank images",
+    )
     tick = time.perf_counter()
     model, processor = load_model_and_processor(final_dir, device="cpu")
     # Answers of an earlier run came from another model: the runner would refuse to resume them, so start afresh.
     shutil.rmtree(out / "eval", ignore_errors=True)
     scores = {}
-    for name, blank in (("accuracy", False), ("blind_accuracy", True)):
-        predictions = out / "eval" / f"{'blank' if blank else 'image'}_predictions.jsonl"
+    for name, (questions, blank, answers_file, _) in EVAL_PASSES.items():
+        predictions = out / "eval" / answers_file
         predictions.parent.mkdir(parents=True, exist_ok=True)
         run_eval(
             model,
             processor,
             "easy_vqa",
-            data.test_questions,
+            getattr(data, questions),
             predictions,
             batch_size=settings.eval_batch_size,
             image_folder=data.test_image_folder,
@@ -207,7 +224,9 @@ def run_demo(settings: DemoSettings) -> dict:
     results = {
         "task": "easy_vqa",
         "accuracy": scores["accuracy"],
+        "sentence_case_accuracy": scores["sentence_case_accuracy"],
         "blind_accuracy": scores["blind_accuracy"],
+        "sentence_case_questions": f"the same questions rewritten in sentence case: {SENTENCE_CASE_RULE}",
         "num_questions": data.num_test_questions,
         "questions": sample,
         "scorer": "exact match after lower-casing and stripping (tinyllava_hf.eval scorer 'easy_vqa')",
@@ -220,7 +239,10 @@ def run_demo(settings: DemoSettings) -> dict:
     plot_training(histories, results, out / "training.png")
     stage_dirs = {"pretrain": pretrain_dir, "finetune": final_dir}
     write_model_card(final_dir, _card_info(final_dir, results, stage_dirs, timings))
-    summary = f"accuracy {results['accuracy']:.4f}, blind {results['blind_accuracy']:.4f}"
+    summary = (
+        f"accuracy {results['accuracy']:.4f}, sentence case {results['sentence_case_accuracy']:.4f}, "
+        f"blind {results['blind_accuracy']:.4f}"
+    )
     _say(6, f"done in {timings['total'] / 60:.1f} min: {summary}")
     print(
         f"  checkpoint: {final_dir}\n  results:    {out / 'eval_results.json'}\n  plot:       {out / 'training.png'}"
@@ -254,6 +276,10 @@ def _card_info(final_dir: Path, results: dict, stage_dirs: dict[str, Path], timi
             "exact match",
         ),
         EvaluationEntry(
+            "easy-VQA, questions in sentence case", "easy-vqa", f"test ({results['questions']})",
+            "sentence_case_accuracy", results["sentence_case_accuracy"], prompt, "exact match",
+        ),
+        EvaluationEntry(
             "easy-VQA, blank images", "easy-vqa", f"test ({results['questions']})", "blind_accuracy",
             results["blind_accuracy"], prompt.replace("image +", "blank image +"), "exact match",
         ),
@@ -274,16 +300,18 @@ def _card_info(final_dir: Path, results: dict, stage_dirs: dict[str, Path], timi
         training_stages=stages,
         evaluation=evaluation,
         evaluation_notes=(
-            f"Scored on {results['questions']}. The blank-image run replaces every image by a uniform mean-grey "
-            "image: the gap between the two shows that the answers use the image."
+            f"Scored on {results['questions']}. easy-VQA's own questions are lowercase; the sentence-case run asks "
+            f"{results['sentence_case_questions']}, as people type them. The blank-image run replaces every image "
+            "by a uniform mean-grey image: the gap between it and the others shows that the answers use the image."
         ),
         limitations=(
-            "A demonstration model: it knows 8 colours, 3 shapes and yes/no, in one question format. It is not a "
-            "general assistant and was never trained on natural images."
+            "A demonstration model: it knows 8 colours, 3 shapes and yes/no, in easy-VQA's question wordings (in "
+            "lower, sentence or upper case, with or without a question mark). It is not a general assistant and "
+            "was never trained on natural images."
         ),
         datasets=["easy-vqa"],
         tags=["easy-vqa", "demo"],
         example_image="shape.png",
-        example_question="what color is the shape?",
+        example_question="What color is the shape?",
         example_max_new_tokens=4,
     )

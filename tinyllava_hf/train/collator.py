@@ -24,12 +24,13 @@ import torch
 from datasets import Dataset
 from PIL import Image
 from transformers import ProcessorMixin
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..constants import IGNORE_INDEX
 from .data import BadSampleError, load_audio, load_image
 from .packing import pack_samples
 
-__all__ = ["OverlengthError", "SampleLayout", "TinyLlavaCollator", "filter_overlength"]
+__all__ = ["NothingToTrainError", "OverlengthError", "SampleLayout", "TinyLlavaCollator", "filter_overlength"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,19 @@ class OverlengthError(ValueError):
     """A sample whose media placeholders do not fit `max_length`."""
 
 
+class NothingToTrainError(ValueError):
+    """No sample of a split keeps an answer token to train on (all dropped, or every answer truncated away)."""
+
+
 @dataclass(frozen=True)
 class SampleLayout:
     """Token length of a tokenised sample and the end of its last media placeholder run (0 without media)."""
 
     length: int
     media_end: int
+    # Position of the first token the loss trains on (an answer token), or None when the sample has none: a sample
+    # whose first target lies at or beyond max_length trains nothing once truncated.
+    first_target: int | None = None
 
     def fits(self, max_length: int | None) -> bool:
         """True when nothing has to go, or when only text after the last placeholder has to."""
@@ -111,19 +119,34 @@ class TinyLlavaCollator:
         each one's expansion: exactly what the processor's own expansion produces, since the markers are special
         tokens that tokenise alone.
         """
-        text = self.processor.apply_chat_template(self._messages(example), tokenize=False)
+        # Rendered as `apply_chat_template` renders it, with the character spans of the `{% generation %}` blocks
+        # (the answers the labels keep) that its `return_assistant_tokens_mask` maps to tokens.
+        template = self.processor.chat_template
+        template = template["default"] if isinstance(template, Mapping) else template
         tokenizer = self.processor.tokenizer
+        rendered, spans = render_jinja_template(
+            conversations=[self._messages(example)],
+            chat_template=template,
+            return_assistant_tokens_mask=True,
+            **tokenizer.special_tokens_map,
+        )
+        text = rendered[0]
         add_special = not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
-        ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        encoded = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+        answer_starts = [start for start, end in spans[0] if end > start]
+        first_char = min(answer_starts) if answer_starts else None
         expansion = {self.processor.image_token_id: self.processor.num_image_tokens}
         if getattr(self.processor, "audio_token_id", None) is not None:
             expansion[self.processor.audio_token_id] = self.processor.num_audio_tokens
         length = media_end = 0
-        for token in ids:
+        first_target = None
+        for token, (_, token_end) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
+            if first_target is None and first_char is not None and token_end > first_char:
+                first_target = length
             length += expansion.get(token, 1)
             if token in expansion:
                 media_end = length
-        return SampleLayout(length=length, media_end=media_end)
+        return SampleLayout(length=length, media_end=media_end, first_target=first_target)
 
     # ------------------------------------------------------------------------------------------------- collating
 
@@ -276,14 +299,19 @@ class TinyLlavaCollator:
             self.stats[f"dummy_{key}"] += 1
 
 
-def filter_overlength(dataset: Dataset, collator: TinyLlavaCollator, num_proc: int | None = None) -> Dataset:
+def filter_overlength(
+    dataset: Dataset, collator: TinyLlavaCollator, num_proc: int | None = None, split: str = "train"
+) -> Dataset:
     """Drop (or, with `on_overlength="error"`, reject) the rows whose media placeholders do not fit `max_length`.
 
     Done once before training from the text alone (`TinyLlavaCollator.measure`), so that batches keep their size and
-    the log reports exact counts; the collator applies the same rule again as a guard.
+    the log reports exact counts; the collator applies the same rule again as a guard. Rows whose whole answer lies
+    beyond `max_length` are kept but counted: they train nothing.
 
     Raises:
         OverlengthError: in `error` mode, naming the first offending samples.
+        NothingToTrainError: when no row keeps an answer token (a run would "succeed" with loss 0 and train nothing,
+            or, with every row dropped, fail deep inside the trainer).
     """
     if collator.max_length is None:
         return dataset
@@ -291,25 +319,56 @@ def filter_overlength(dataset: Dataset, collator: TinyLlavaCollator, num_proc: i
 
     def measure(row: Mapping[str, Any]) -> dict[str, int]:
         layout = collator.measure(row)
-        return {"num_tokens": layout.length, "media_end": layout.media_end}
+        first_target = -1 if layout.first_target is None else layout.first_target
+        return {"num_tokens": layout.length, "media_end": layout.media_end, "first_target": first_target}
 
     measured = dataset.map(measure, num_proc=num_proc, desc="Measuring samples")
     too_long = [i for i, end in enumerate(measured["media_end"]) if end > max_length]
     truncated = sum(1 for n in measured["num_tokens"] if n > max_length) - len(too_long)
     if truncated:
         logger.info("%d sample(s) over max_length=%d lose text after their last placeholder.", truncated, max_length)
+    dropped = set(too_long)
+    no_answer = [i for i, first in enumerate(measured["first_target"]) if i not in dropped and first < 0]
+    answer_cut = [i for i, first in enumerate(measured["first_target"]) if i not in dropped and first >= max_length]
+    if too_long:
+        examples = ", ".join(
+            f"{measured[i]['id']!r} (placeholders end at {measured[i]['media_end']})" for i in too_long[:5]
+        )
+        message = (
+            f"{len(too_long)} of {len(dataset)} sample(s) have media placeholders beyond max_length={max_length}: "
+            f"{examples}{', ...' if len(too_long) > 5 else ''}"
+        )
+        if collator.on_overlength == "error":
+            raise OverlengthError(message + ". Raise --max_length or use --on_overlength drop.")
+        logger.warning("Dropping %s", message)
+    trained = len(dataset) - len(too_long) - len(no_answer) - len(answer_cut)
+    if trained == 0:
+        reasons = [
+            f"{count} {why}"
+            for count, why in (
+                (len(too_long), "dropped: media placeholders beyond max_length (on_overlength: drop)"),
+                (len(answer_cut), "with the whole answer beyond max_length (the prompt alone fills it)"),
+                (len(no_answer), "with no answer text for the template to train on"),
+            )
+            if count
+        ]
+        longest = max(measured["num_tokens"], default=0)
+        raise NothingToTrainError(
+            f"Nothing to train on: 0 of {len(dataset)} {split} sample(s) keep an answer token within "
+            f"max_length={max_length} ({'; '.join(reasons)}). Raise --max_length (the longest sample has {longest} "
+            "tokens) or shorten the prompts."
+        )
+    if answer_cut:
+        logger.warning(
+            "%d of %d %s sample(s) have their whole answer beyond max_length=%d and train nothing.",
+            len(answer_cut),
+            len(dataset),
+            split,
+            max_length,
+        )
+        collator.stats["answer_truncated_upfront"] += len(answer_cut)
     if not too_long:
         return dataset
-    examples = ", ".join(
-        f"{measured[i]['id']!r} (placeholders end at {measured[i]['media_end']})" for i in too_long[:5]
-    )
-    message = (
-        f"{len(too_long)} of {len(dataset)} sample(s) have media placeholders beyond max_length={max_length}: "
-        f"{examples}{', ...' if len(too_long) > 5 else ''}"
-    )
-    if collator.on_overlength == "error":
-        raise OverlengthError(message + ". Raise --max_length or use --on_overlength drop.")
-    logger.warning("Dropping %s", message)
     collator.stats["dropped_overlength_upfront"] += len(too_long)
-    keep = sorted(set(range(len(dataset))) - set(too_long))
+    keep = sorted(set(range(len(dataset))) - dropped)
     return dataset.select(keep)

@@ -34,6 +34,7 @@ from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
 
 __all__ = [
     "BadSampleError",
+    "DataFileError",
     "load_audio",
     "load_dataset_files",
     "load_image",
@@ -117,17 +118,48 @@ def load_audio(
 # ------------------------------------------------------------------------------------------------------ sample parsing
 
 
+class DataFileError(ValueError):
+    """A data file that cannot be read as samples (missing, empty, malformed JSON, no usable sample)."""
+
+
+def _json_error(path: Path, error: json.JSONDecodeError, line: int | None = None) -> DataFileError:
+    """Name the file, the line and column in the file, and the line's text: a JSON error alone names none."""
+    lines = error.doc.splitlines()
+    text = lines[error.lineno - 1] if error.lineno <= len(lines) else ""
+    # A long line (a whole .json file on one line) is shown around the error only.
+    start = max(error.colno - 60, 0)
+    excerpt = text[start : start + 120]
+    line = error.lineno if line is None else line
+    return DataFileError(f"{path}, line {line} column {error.colno}: not valid JSON ({error.msg}): {excerpt!r}")
+
+
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a `.json` file (a list of samples) or a `.jsonl` file (one sample per line)."""
+    """Records of a `.json` file (a list of samples) or a `.jsonl` file (one sample per line).
+
+    Raises:
+        DataFileError: a missing or empty file, or malformed JSON (naming the file, line, column and line text).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Data file not found: {path}")
+        raise DataFileError(f"Data file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataFileError(f"Data file {path} is empty: it needs a JSON list of samples (or .jsonl, one per line).")
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    records = json.loads(path.read_text(encoding="utf-8"))
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise _json_error(path, error, line=number) from None
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _json_error(path, error) from None
     if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of samples (or use .jsonl, one sample per line).")
+        raise DataFileError(f"{path} must hold a JSON list of samples (or use .jsonl, one sample per line).")
     return records
 
 
@@ -304,5 +336,6 @@ def load_dataset_files(
             dict(skipped),
         )
     if not rows:
-        raise ValueError(f"No usable samples in {[str(p) for p in paths]}.")
+        reasons = f" ({sum(skipped.values())} skipped as bad: {dict(skipped)})" if skipped else ""
+        raise DataFileError(f"No usable samples in {', '.join(str(p) for p in paths)}{reasons}.")
     return Dataset.from_list(rows), skipped

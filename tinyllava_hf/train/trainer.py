@@ -19,6 +19,8 @@ by default a run whose `output_dir` already holds checkpoints resumes from the l
 
 import logging
 import os
+import sys
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,13 +29,15 @@ from typing import Any
 from torch.utils.data import Dataset, Sampler
 from transformers import set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
+from ..loading import ModelLoadError, resolve_model_source
 from .arguments import DataArguments, ModelArguments
 from .build import load_training_start
-from .collator import TinyLlavaCollator, filter_overlength
-from .data import load_dataset_files
+from .checkpoints import checkpoint_problem, last_complete_checkpoint
+from .collator import NothingToTrainError, OverlengthError, TinyLlavaCollator, filter_overlength
+from .data import BadSampleError, DataFileError, load_dataset_files
+from .inputs import TrainInputError, check_train_argv, check_train_paths
 from .sampler import ModalityLengthGroupedSampler, add_length_columns
 from .tune import apply_tune_modes, restore_trainable_dtypes
 
@@ -46,12 +50,29 @@ BASE_MODEL_SUBDIR = "base_model"
 
 def make_parser() -> TrlParser:
     """The `TrlParser` of `tinyllava-hf train`: ModelArguments, DataArguments, SFTConfig."""
-    return TrlParser((ModelArguments, DataArguments, SFTConfig), prog="tinyllava-hf train")
+    # A short usage line: argparse would otherwise print every one of the ~300 options with each usage error.
+    return TrlParser(
+        (ModelArguments, DataArguments, SFTConfig),
+        prog="tinyllava-hf train",
+        usage="tinyllava-hf train --config RECIPE.yaml [--key value ...]  (--help: the main options, --help-all: all)",
+    )
 
 
 def parse_train_args(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataArguments, SFTConfig]:
-    """Parse `--config recipe.yaml` plus overrides; unknown keys (in the YAML or on the command line) are errors."""
-    model_args, data_args, training_args = make_parser().parse_args_and_config(args=argv)
+    """Parse `--config recipe.yaml` plus overrides; unknown keys (in the YAML or on the command line) are errors.
+
+    Raises:
+        TrainInputError: a missing recipe, an unknown key or option (naming the closest known one), or a value the
+            argument classes refuse.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    check_train_argv(parser, argv)
+    try:
+        model_args, data_args, training_args = parser.parse_args_and_config(args=argv)
+    except ValueError as error:
+        # The argument classes' own checks (`__post_init__`): every key is known by now, so this is a bad value.
+        raise TrainInputError(str(error).strip().splitlines()[0]) from None
     return model_args, data_args, training_args
 
 
@@ -73,6 +94,10 @@ class TinyLlavaSFTTrainer(SFTTrainer):
             world_size=self.args.world_size,
             seed=self.args.seed,
         )
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """TRL writes its generic card ("fine-tuned version of [None]") into `output_dir` at every checkpoint save;
+        `run_training` writes the project's card (`tinyllava_hf.hub.write_checkpoint_card`) once the model is saved."""
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         collator = self.data_collator
@@ -102,34 +127,54 @@ def _configure(training_args: SFTConfig) -> bool:
 
 
 def resolve_resume_checkpoint(training_args: SFTConfig) -> str | None:
-    """The checkpoint to resume from (see the module docstring), or None to start afresh."""
+    """The checkpoint to resume from (see the module docstring), or None to start afresh.
+
+    Only complete checkpoints count: one whose save was interrupted is skipped with a warning
+    (`tinyllava_hf.train.checkpoints`).
+    """
     value = training_args.resume_from_checkpoint
     if isinstance(value, str) and value.lower() in ("false", "no", "none"):
         return None
-    has_dir = os.path.isdir(training_args.output_dir)
-    last = get_last_checkpoint(training_args.output_dir) if has_dir else None
+    completeness = dict(
+        save_only_model=training_args.save_only_model, deepspeed=bool(getattr(training_args, "deepspeed", None))
+    )
+    last = last_complete_checkpoint(training_args.output_dir, **completeness)
     if value is None:
         if last is not None:
             logger.warning("Resuming from %s (pass --resume_from_checkpoint false to start afresh).", last)
         return last
     if isinstance(value, bool) or value.lower() in ("true", "yes", "last"):
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint {value}: no checkpoint-* in {training_args.output_dir}.")
+            raise TrainInputError(
+                f"--resume_from_checkpoint {value}: no complete checkpoint-* in {training_args.output_dir}."
+            )
         return last
     if not os.path.isdir(value):
-        raise ValueError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
+        raise TrainInputError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
+    if problem := checkpoint_problem(value, **completeness):
+        raise TrainInputError(
+            f"--resume_from_checkpoint {value}: incomplete checkpoint ({problem}); give an earlier one, or `true` "
+            "for the last complete one."
+        )
     return value
 
 
 def run_training(
-    model_args: ModelArguments, data_args: DataArguments, training_args: SFTConfig
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: SFTConfig,
+    recipe: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> TinyLlavaSFTTrainer:
-    """Train, save the final model/adapter + processor to `output_dir`, and return the trainer.
+    """Train, save the final model/adapter + processor (and, for a whole model, the project's model card, naming
+    `recipe` and the command-line `overrides`) to `output_dir`, and return the trainer.
 
     The trainer holds the trained model (`trainer.model`, a `PeftModel` under LoRA), the collator with its counters
     (`trainer.data_collator.stats`) and the logs (`trainer.state.log_history`).
     """
+    check_train_paths(model_args, data_args, training_args)  # before anything heavy is loaded
     packing = _configure(training_args)
+    started = time.monotonic()
     set_seed(training_args.seed)  # the connector's fresh init must be the same on every rank
 
     output_dir = Path(training_args.output_dir)
@@ -168,7 +213,7 @@ def run_training(
             verify_media=data_args.verify_media,
             max_samples=data_args.max_samples,
         )
-        datasets[split] = filter_overlength(dataset, collator, num_proc=training_args.dataset_num_proc)
+        datasets[split] = filter_overlength(dataset, collator, num_proc=training_args.dataset_num_proc, split=split)
     if data_args.group_by_modality_length:
         datasets["train"] = add_length_columns(
             datasets["train"], collator.measure, num_proc=training_args.dataset_num_proc
@@ -195,11 +240,95 @@ def run_training(
     trainer.save_metrics("train", metrics)
     if collator.stats:
         logger.info("Data pipeline counters: %s", dict(collator.stats))
+    if trainer.is_world_process_zero():  # one card and one message, whatever the number of processes
+        adapter = model_args.uses_lora
+        if not adapter:
+            _write_card(output_dir, model_args, data_args, recipe, overrides, time.monotonic() - started)
+        print(_saved_message(output_dir, adapter))
     return trainer
 
 
+def recipe_stage(recipe: str | os.PathLike) -> tuple[str, str]:
+    """`(stage, "model/stage/variant")` of a recipe at `recipes/<model>/<stage>/config_<variant>.yaml`."""
+    path = Path(recipe)
+    variant = path.stem.removeprefix("config_")
+    return path.parent.name, f"{path.parent.parent.name}/{path.parent.name}/{variant}"
+
+
+def _write_card(
+    output_dir: Path, model_args, data_args, recipe: str | None, overrides: Sequence[str], seconds: float
+) -> None:
+    """The project's model card: what the run started from, the recipe and stage, and its training-table row."""
+    from ..hub import training_stage, write_checkpoint_card
+
+    start = model_args.model_name_or_path or f"the parts {model_args.llm} + {model_args.vision_tower}" + (
+        f" + {model_args.audio_tower}" if model_args.audio_tower else ""
+    )
+    stages = []
+    if recipe is not None:
+        stage, recipe_name = recipe_stage(recipe)
+        origin = f"Trained by `tinyllava-hf train --config {recipe}` (stage `{stage}`) from {start}"
+        data = ", ".join(Path(path).name for path in data_args.data_path)
+        wall = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+        stages.append(training_stage(stage, recipe_name, recipe, output_dir, data, wall))
+    else:
+        origin = f"Trained by `tinyllava-hf train` (no recipe file) from {start}"
+    if overrides:
+        origin += f", with the command-line overrides `{' '.join(overrides)}`"
+    # Hub ids are what the card's `base_model` metadata links to; a local folder means nothing on the Hub.
+    bases = [
+        value
+        for value in (model_args.model_name_or_path, model_args.llm, model_args.vision_tower, model_args.audio_tower)
+        if value is not None and not _is_local(value)
+    ]
+    write_checkpoint_card(output_dir, origin + ".", training_stages=stages, base_model=bases)
+
+
+def _is_local(value: str) -> bool:
+    try:
+        return resolve_model_source(value)[1]
+    except ModelLoadError:
+        return True
+
+
+def _saved_message(output_dir: Path, adapter: bool) -> str:
+    if adapter:
+        return (
+            f"Saved the LoRA adapter and processor to {output_dir}.\n"
+            f"Merge it into a full checkpoint: tinyllava-hf merge-lora {output_dir} {output_dir}-merged"
+        )
+    return (
+        f"Saved the model, processor and model card to {output_dir}.\n"
+        f"Load it: AutoModelForImageTextToText.from_pretrained({str(output_dir)!r}, trust_remote_code=True) and "
+        f"AutoProcessor.from_pretrained(...) the same way, or try it: tinyllava-hf chat {output_dir}"
+    )
+
+
+# Input mistakes reported in one line (`error: ...`, exit code 1), without a traceback.
+USER_ERRORS = (
+    TrainInputError,
+    DataFileError,
+    BadSampleError,
+    OverlengthError,
+    NothingToTrainError,
+    ModelLoadError,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """What `tinyllava-hf train` runs: parse `argv` (`--config RECIPE.yaml` + overrides), train, return 0."""
+    """What `tinyllava-hf train` runs: parse `argv` (`--config RECIPE.yaml` + overrides), train, return 0 (1 and a
+    one-line `error: ...` for an input mistake)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    run_training(*parse_train_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        model_args, data_args, training_args = parse_train_args(argv)
+        # For the model card: which recipe ran, and what the command line changed.
+        recipe, overrides = None, argv
+        if "--config" in argv:
+            index = argv.index("--config")
+            recipe, overrides = argv[index + 1], argv[:index] + argv[index + 2 :]
+        run_training(model_args, data_args, training_args, recipe=recipe, overrides=overrides)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -1,0 +1,79 @@
+"""The command line as a user meets it: every command listed once, fast and quiet `--help`, one flag style."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tinyllava_hf.cli import COMMANDS, COMMANDS_BY_NAME, main, normalise_flags
+
+HELP_SECONDS = 1.5
+# What a command's --help must not import: the heavy stacks load only when a command runs.
+HEAVY_MODULES = ("torch", "transformers", "trl", "peft", "deepspeed", "bitsandbytes", "matplotlib")
+
+
+def _help_in_a_fresh_process(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    probe = (
+        "import sys\n"
+        "from tinyllava_hf.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print('IMPORTED', sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules))\n"
+    )
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    return time.perf_counter() - start, result
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("argv", [["--help"], *([command.name, "--help"] for command in COMMANDS)], ids=" ".join)
+def test_help_is_fast_and_quiet(argv):
+    # Best of two: the first start of a process can pay for a cold disk cache.
+    elapsed, result = min((_help_in_a_fresh_process(argv) for _ in range(2)), key=lambda pair: pair[0])
+    assert result.returncode == 0, result.stderr
+    assert "usage: tinyllava-hf" in result.stdout
+    assert result.stderr == "", f"--help printed to stderr:\n{result.stderr}"
+    assert "IMPORTED []" in result.stdout, result.stdout.splitlines()[-1]
+    assert elapsed < HELP_SECONDS, f"{' '.join(argv)} took {elapsed:.2f} s"
+
+
+def test_top_level_help_lists_every_command_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out.split("commands:")[1]
+    for command in COMMANDS:
+        assert sum(line.split()[0] == command.name for line in listing.splitlines() if line.strip()) == 1
+    assert len(COMMANDS_BY_NAME) == len(COMMANDS)
+
+
+def test_unknown_command_is_one_line_naming_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trian"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "unknown command 'trian'" in error and "train" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--output_dir", "x"], ["--output-dir", "x"]),
+        (["--test_limit=5", "--quick"], ["--test-limit=5", "--quick"]),
+        (["a_b", "--seed", "1"], ["a_b", "--seed", "1"]),  # values and positionals are left alone
+        (["--", "--not_a_flag"], ["--", "--not_a_flag"]),
+    ],
+)
+def test_underscore_flags_are_accepted(argv, expected):
+    assert normalise_flags(argv) == expected
+
+
+def test_demo_takes_both_spellings():
+    from tinyllava_hf.demo.cli import make_demo_parser
+
+    parser = make_demo_parser()
+    for spelling in ("--output-dir", "--output_dir"):
+        args = parser.parse_args(normalise_flags([spelling, "out"]))
+        assert args.output_dir == "out"

@@ -1,0 +1,102 @@
+"""Checks of `tinyllava-hf train`'s inputs, run before anything heavy is loaded, each failing with one line that names
+the problem and the fix (`TrainInputError`, printed by `trainer.main` without a traceback).
+
+- the recipe file exists and is a YAML mapping; every recipe key and command-line option is known, and an unknown one
+  names the closest known one;
+- model and part folders follow `tinyllava_hf.loading`'s rule (a missing path is never tried as a Hub id);
+- data files and media folders exist;
+- `output_dir` does not overlap a model or part folder (saving there would overwrite the model being trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = ["TrainInputError", "check_train_argv", "check_train_paths", "closest"]
+
+
+class TrainInputError(ValueError):
+    """A `tinyllava-hf train` input that cannot work; the message names it and the fix."""
+
+
+def closest(name: str, known: Iterable[str]) -> str:
+    """`; did you mean 'x'?` for the known name closest to `name`, or `` when none is close."""
+    match = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+    if "--config" not in argv:
+        return None
+    index = list(argv).index("--config")
+    if index + 1 >= len(argv):
+        raise TrainInputError("--config needs a recipe file: --config recipes/<model>/<stage>/config_<variant>.yaml")
+    return argv[index + 1]
+
+
+def check_train_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Recipe file and option names, checked against `parser` (the `TrlParser` of `tinyllava-hf train`)."""
+    import yaml
+
+    options = parser._option_string_actions  # every spelling: --a_b, --a-b, --no_a_b for booleans
+    keys = {action.dest for action in options.values()}
+    config = _config_path(argv)
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise TrainInputError(
+                f"recipe file {config} does not exist (recipes live in recipes/<model>/<stage>/config_<variant>.yaml)"
+            )
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise TrainInputError(f"recipe {config} is not valid YAML: {error}".replace("\n", " ")) from None
+        if not isinstance(values, dict):
+            raise TrainInputError(f"recipe {config} must be a YAML mapping of `key: value` lines")
+        for key in values:
+            if key != "env" and key not in keys:
+                raise TrainInputError(f"unknown recipe key {key!r} in {config}{closest(str(key), keys)}")
+    names = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--") and arg != "--config"]
+    for name in names:
+        if name not in options:
+            hint = closest(name, [option for option in options if option.startswith("--")])
+            raise TrainInputError(f"unknown option {name}{hint} (`tinyllava-hf train --help` lists them)")
+
+
+def _check_model_folder(option: str, value: str | None) -> bool:
+    """Whether `value` is a local folder; raises when it names a missing or wrong local path."""
+    from ..loading import ModelLoadError, resolve_model_source
+
+    if value is None:
+        return False
+    try:
+        _, is_local = resolve_model_source(value)
+    except ModelLoadError as error:
+        where = "" if os.path.isabs(value) else f" (relative paths are read from {os.getcwd()})"
+        raise TrainInputError(f"--{option} {value}: {error}{where}") from None
+    return is_local
+
+
+def check_train_paths(model_args, data_args, training_args) -> None:
+    """Model, part, data and output paths of a parsed run (see the module docstring)."""
+    from ..files import check_not_overlapping
+
+    sources = {
+        option: getattr(model_args, option)
+        for option in ("model_name_or_path", "llm", "vision_tower", "vision_tower_aux", "audio_tower")
+    }
+    for option, value in sources.items():
+        if _check_model_folder(option, value):
+            check_not_overlapping(value, training_args.output_dir, error=TrainInputError, what=f"--{option} folder")
+    for option in ("data_path", "eval_data_path"):
+        for path in getattr(data_args, option) or []:
+            if not os.path.isfile(path):
+                raise TrainInputError(f"--{option}: data file {path} does not exist")
+    for option in ("image_folder", "audio_folder"):
+        folder = getattr(data_args, option)
+        if folder is not None and not os.path.isdir(folder):
+            raise TrainInputError(f"--{option}: folder {folder} does not exist")
