@@ -65,7 +65,8 @@ class Server:
     def __init__(self, args: list[str], log_path):
         self.port = _free_port()
         self.log_path = log_path
-        self.log = open(log_path, "w")  # a file, not a pipe: nobody reads it while the server runs
+        # A file, not a pipe (nobody reads while the server runs); open as long as the server, closed by stop().
+        self.log = open(log_path, "w")  # noqa: SIM115
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         command = [sys.executable, "-m", "tinyllava_hf", "serve", *args, "--host", "127.0.0.1"]
         self.process = subprocess.Popen(
@@ -108,8 +109,9 @@ def checkpoints(tmp_path_factory):
         ("vision", tiny_config(connector="resampler")),
         ("audio", tiny_config(connector="qformer", audio=True)),
     ):
+        processor = tiny_processor(config)  # first: it sets the config's placeholder token ids
         scramble(TinyLlavaForConditionalGeneration(config)).save_pretrained(root / name)
-        tiny_processor(config).save_pretrained(root / name)
+        processor.save_pretrained(root / name)
     return root
 
 
@@ -118,7 +120,9 @@ def servers(checkpoints, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve_logs")
     started = []
     try:
-        started.append(Server([str(checkpoints / "vision")], logs / "pinned.log"))
+        # A named template that renders differently from the default (the upstream "pretrain" format: the media alone)
+        # shows that --chat-template reaches the server.
+        started.append(Server([str(checkpoints / "vision"), "--chat-template", "pretrain"], logs / "pinned.log"))
         started.append(Server([], logs / "on_demand.log"))
         deadline = time.monotonic() + START_TIMEOUT_S
         for server in started:
@@ -129,7 +133,7 @@ def servers(checkpoints, tmp_path_factory):
             server.stop()
 
 
-def reference(folder, content) -> str:
+def reference(folder, content, **template) -> str:
     """Greedy `generate` on the conversation the request carries (same media bytes, same template, same budget)."""
     model, processor = load_model_and_processor(folder, device="cpu")
     inputs = processor.apply_chat_template(
@@ -138,6 +142,7 @@ def reference(folder, content) -> str:
         tokenize=True,
         return_dict=True,
         return_tensors="pt",
+        **template,
     )
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
@@ -156,7 +161,9 @@ def ask(server, model: str, content: list[dict], stream: bool = False) -> str:
 def test_image_request_answers_as_generate(servers, checkpoints):
     folder = str(checkpoints / "vision")
     url = _data_url("image/png", _png())
-    expected = reference(folder, [{"type": "image", "url": url}, {"type": "text", "text": "What shape is it?"}])
+    question = [{"type": "image", "url": url}, {"type": "text", "text": "What shape is it?"}]
+    expected = reference(folder, question, chat_template="pretrain")  # the pinned server's --chat-template
+    assert expected != reference(folder, question)  # ... which changes the answer
     assert expected.strip()  # a scrambled model says something, so the comparison means something
     content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What shape is it?"}]
     assert ask(servers["pinned"], folder, content) == expected
@@ -185,3 +192,15 @@ def test_pinned_server_refuses_another_model(servers, checkpoints):
 def test_missing_model_is_one_line(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nope")]) == 1
     assert capsys.readouterr().err == f"error: model folder {tmp_path / 'nope'} does not exist\n"
+
+
+def test_busy_port_is_one_line(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port\n"
+    )

@@ -148,9 +148,15 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
         return None
 
 
-class _RegisteringLoader(importlib.abc.Loader):
+class _RegisteringLoader:
+    """The real loader, with `exec_module` followed by the registration; everything else (`get_code` for `python -m`,
+    `get_source`, `is_package`, resource readers) is the real loader's own."""
+
     def __init__(self, loader: importlib.abc.Loader):
         self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
 
     def create_module(self, spec):
         return self._loader.create_module(spec)

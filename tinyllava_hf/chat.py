@@ -194,7 +194,10 @@ def chat_loop(session: ChatSession, input_stream: IO[str], output: IO[str], prom
                     return 0
                 _run_command(session, command, argument, output)
             else:
-                session.ask(line, streamer=_streamer(session.processor, output))
+                try:
+                    session.ask(line, streamer=_streamer(session.processor, output))
+                except KeyboardInterrupt:  # Ctrl+C stops an answer, not the chat (at the prompt it ends the chat)
+                    output.write("\n(interrupted: that turn was dropped)\n")
         except (ChatInputError, ValueError, OSError) as err:
             # ValueError also covers the processor's own checks (e.g. a template that has no place for an image).
             output.write(f"error: {_first_line(err)}\n")

@@ -105,6 +105,7 @@ def render_model_card(model_dir: str | os.PathLike, info: CardInfo, template_pat
         ValueError: if the rendered card still holds an unfilled placeholder.
     """
     model_dir = Path(model_dir)
+    check_evaluation(info.evaluation)
     config = TinyLlavaConfig.from_pretrained(model_dir)
     template_path = Path(template_path) if template_path is not None else packaged_file(DEFAULT_TEMPLATE)
     if not template_path.is_file():
@@ -161,6 +162,22 @@ def render_model_card(model_dir: str | os.PathLike, info: CardInfo, template_pat
         line = body[: match.start()].count("\n") + 1
         raise ValueError(f"The rendered model card has an unfilled placeholder near line {line}: {match.group()!r}")
     return card
+
+
+def check_evaluation(entries: list[EvaluationEntry]) -> None:
+    """Refuse a result the card could not stand behind: every row of the evaluation table is a measured number with
+    the split it was measured on and the scorer that produced it, so that a reader can reproduce it.
+
+    Raises:
+        ValueError: naming the first entry without a split, a scorer or a finite value.
+    """
+    for entry in entries:
+        missing = [name for name in ("dataset", "split", "metric", "scorer") if not str(getattr(entry, name)).strip()]
+        value = entry.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            missing.append(f"a measured value (got {value!r})")
+        if missing:
+            raise ValueError(f"Evaluation entry {entry.dataset!r} {entry.metric!r} has no {', '.join(missing)}")
 
 
 def write_model_card(model_dir: str | os.PathLike, info: CardInfo, template_path=None) -> Path:
@@ -281,6 +298,37 @@ def describe_checkpoint(model_dir: str | os.PathLike) -> str:
     return parts
 
 
+def checkpoint_card_info(
+    model_dir: str | os.PathLike,
+    origin: str,
+    training_stages: list[TrainingStage] | None = None,
+    base_model: list[str] | None = None,
+    datasets: list[str] | None = None,
+    tags: list[str] | None = None,
+    repo_id: str | None = None,
+) -> CardInfo:
+    """The `CardInfo` of a checkpoint that a command produced (see `write_checkpoint_card`).
+
+    `repo_id` is what the quick start loads: the Hub id when the card is rendered for a push, the folder's name
+    otherwise (a local card has no Hub id yet; `tinyllava-hf push` renders or retargets it for the real one).
+    """
+    model_dir = Path(model_dir)
+    repo_id = repo_id or model_dir.name
+    return CardInfo(
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        summary=f"A TinyLLaVA vision-language model: {describe_checkpoint(model_dir)}.",
+        training_summary=origin,
+        training_stages=list(training_stages or []),
+        evaluation=[],
+        evaluation_notes="No evaluation results are recorded for this checkpoint (`tinyllava-hf eval` measures them).",
+        limitations="Not evaluated: check it on your task before relying on it.",
+        datasets=list(datasets or []),
+        base_model=list(base_model or []),
+        tags=list(tags or []),
+    )
+
+
 def write_checkpoint_card(
     model_dir: str | os.PathLike,
     origin: str,
@@ -295,19 +343,30 @@ def write_checkpoint_card(
     as the card's training summary; everything else comes from the checkpoint. No evaluation is claimed: the
     evaluation section says none was recorded until a measured result is added.
     """
-    model_dir = Path(model_dir)
-    name = model_dir.name
-    info = CardInfo(
-        model_name=name,
-        repo_id=name,
-        summary=f"A TinyLLaVA vision-language model: {describe_checkpoint(model_dir)}.",
-        training_summary=origin,
-        training_stages=list(training_stages or []),
-        evaluation=[],
-        evaluation_notes="No evaluation results are recorded for this checkpoint (`tinyllava-hf eval` measures them).",
-        limitations="Not evaluated: check it on your task before relying on it.",
-        datasets=list(datasets or []),
-        base_model=list(base_model or []),
-        tags=list(tags or []),
-    )
+    info = checkpoint_card_info(model_dir, origin, training_stages, base_model, datasets, tags)
     return write_model_card(model_dir, info)
+
+
+# The quick start's loading calls: `from_pretrained("<id>"` with either quote.
+_FROM_PRETRAINED = re.compile(r"""(\.from_pretrained\(\s*)(["'])[^"']*\2""")
+
+
+def retarget_quick_start(card_text: str, repo_id: str) -> str:
+    """`card_text` with every `from_pretrained("...")` of its `## Quick start` section loading `repo_id`.
+
+    A card written before a push names the folder it was saved in; on the Hub the quick start must load the
+    repository it is read in. Other sections (and cards without a quick start) are left as they are.
+    """
+    start = card_text.find("\n## Quick start")
+    if start < 0:
+        return card_text
+    end = card_text.find("\n## ", start + 1)
+    end = len(card_text) if end < 0 else end
+    section = _FROM_PRETRAINED.sub(lambda match: f'{match.group(1)}"{repo_id}"', card_text[start:end])
+    return card_text[:start] + section + card_text[end:]
+
+
+def quick_start_code(card_text: str) -> str | None:
+    """The python code block of a card's `## Quick start` section (what a reader copies), or None without one."""
+    match = re.search(r"\n## Quick start\s*\n(?:(?!\n## ).)*?```python\n(.*?)```", card_text, flags=re.DOTALL)
+    return match.group(1) if match else None

@@ -65,6 +65,23 @@ def _chat_template_kwargs(model: str | None, chat_template: str | None) -> dict:
     return {"chat_template": resolve_chat_template(load_processor(model), chat_template)}
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail before the model loads when the address cannot be listened on (uvicorn would only find out after)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ValueError(f"--host {host} is not an address of this machine: {err}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no clash
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """The `serve` command: check the inputs, register our classes, run transformers' server until stopped."""
     from transformers.utils.import_utils import is_serve_available
@@ -76,8 +93,9 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        if not 0 <= args.port <= 65535:
-            raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
+        if not 1 <= args.port <= 65535:
+            raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+        _check_port(args.host, args.port)
         source = None
         if args.model is not None:
             from .loading import load_processor, resolve_model_source
@@ -144,6 +162,11 @@ def make_serve_parser(subparsers: argparse._SubParsersAction | None = None) -> a
         "--chat-template", default=None, help="one of MODEL's chat template names (default: its default)"
     )
     parser.add_argument("--enable-cors", action="store_true", help="allow cross-origin requests (browser clients)")
-    parser.add_argument("--log-level", default="warning", help="transformers log level (default: warning)")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error", "critical"),
+        help="transformers log level (default: warning)",
+    )
     parser.set_defaults(func=run_serve)
     return parser

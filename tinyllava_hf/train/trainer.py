@@ -146,7 +146,7 @@ def resolve_resume_checkpoint(training_args: SFTConfig) -> str | None:
     if isinstance(value, bool) or value.lower() in ("true", "yes", "last"):
         if last is None:
             raise TrainInputError(
-                f"--resume_from_checkpoint {value}: no complete checkpoint-* in {training_args.output_dir}."
+                f"--resume_from_checkpoint {value}: no checkpoint-* in {training_args.output_dir} is complete."
             )
         return last
     if not os.path.isdir(value):
