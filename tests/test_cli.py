@@ -14,6 +14,8 @@ HEAVY_MODULES = ("torch", "transformers", "trl", "peft", "deepspeed", "bitsandby
 
 
 def _help_in_a_fresh_process(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    # `train` parses with TRL's own TrlParser, whose package import is light (trl loads its trainers lazily).
+    heavy = tuple(name for name in HEAVY_MODULES if not (argv[0] == "train" and name == "trl"))
     probe = (
         "import sys\n"
         "from tinyllava_hf.cli import main\n"
@@ -21,7 +23,7 @@ def _help_in_a_fresh_process(argv: list[str]) -> tuple[float, subprocess.Complet
         f"    main({argv!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        f"print('IMPORTED', sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules))\n"
+        f"print('IMPORTED', sorted(name for name in {heavy!r} if name in sys.modules))\n"
     )
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

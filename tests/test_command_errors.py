@@ -73,6 +73,14 @@ def test_train_missing_data_and_overlapping_output(capsys, parts, tmp_path):
     assert_error(capsys, [*base, "--output_dir", str(parts["llm"] / "out")], "inside the --llm folder")
 
 
+def test_train_unknown_template_lists_the_known_ones(capsys, parts, tmp_path):
+    argv = ["train", "--config", str(PRETRAIN), *parts_args(parts), "--image_folder", str(parts["data"])]
+    argv += ["--output_dir", str(tmp_path / "out"), "--template", "lamma"]
+    assert_error(
+        capsys, argv, "--template 'lamma' is not a known chat template", "pretrain, phi", "did you mean 'llama'"
+    )
+
+
 def test_train_help_is_short_and_help_all_is_complete(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["train", "--help"])

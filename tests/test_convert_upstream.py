@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -31,7 +32,7 @@ from transformers import (
 
 import tinyllava_hf  # noqa: F401  (registers the tinyllava Auto classes)
 from tinyllava_hf import TinyLlavaConfig, TinyLlavaForConditionalGeneration
-from tinyllava_hf.chat_templates import upstream_conversation_to_messages
+from tinyllava_hf.chat_templates import get_chat_template, list_chat_templates, upstream_conversation_to_messages
 from tinyllava_hf.cli import main as cli
 from tinyllava_hf.constants import IGNORE_INDEX
 from tinyllava_hf.convert import ConversionError, convert_upstream
@@ -533,6 +534,11 @@ def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert cli(["convert", str(src), str(tmp_path / "out"), "--qformer-heads", "4", "--template", "llama"]) == 0
     assert "wrote tinyllava-hf checkpoint" in capsys.readouterr().out
     assert AutoModelForImageTextToText.from_pretrained(tmp_path / "out").config.connector_num_heads == 4
+    # Every named template travels with the converted checkpoint, the chosen one as default.
+    saved = {path.stem for path in (tmp_path / "out" / "additional_chat_templates").glob("*.jinja")}
+    assert set(list_chat_templates()) <= saved
+    assert (tmp_path / "out" / "chat_template.jinja").read_text() == get_chat_template("llama")
+    assert ModelCard.load(tmp_path / "out" / "README.md").data.library_name == "transformers"
     assert cli(["convert", str(src), str(tmp_path / "bad"), "--template", "vicuna"]) == 1
     assert "error: Unknown TinyLLaVA chat template 'vicuna'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -16,7 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForCon
 import tinyllava_hf  # noqa: F401  (registers the tinyllava Auto classes)
 from tinyllava_hf import TinyLlavaForConditionalGeneration
 from tinyllava_hf.builder import build_processor
-from tinyllava_hf.chat_templates import get_chat_template, upstream_conversation_to_messages
+from tinyllava_hf.chat_templates import get_chat_template, list_chat_templates, upstream_conversation_to_messages
 from tinyllava_hf.cli import main as cli
 from tinyllava_hf.convert import ConversionError, convert_upstream, export_llava, import_llava
 from tinyllava_hf.convert.llava_export import check_llava_expressible
@@ -202,6 +202,13 @@ def test_cli_export_and_import(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert cli(["export-llava", str(src), str(tmp_path / "llava")]) == 0
     assert cli(["import-llava", str(tmp_path / "llava"), str(tmp_path / "back")]) == 0
     assert "wrote llava checkpoint" in capsys.readouterr().out
+    # The imported checkpoint keeps every named template (the llava processor's own as `llava`) and gets our card.
+    saved = {path.stem for path in (tmp_path / "back" / "additional_chat_templates").glob("*.jinja")}
+    assert {"llava", *list_chat_templates()} <= saved
+    assert (
+        "tinyllava-hf import-llava" in (tmp_path / "back" / "README.md").read_text()
+        or "llava" in (tmp_path / "back" / "README.md").read_text()
+    )
     assert cli(["import-llava", str(tmp_path / "llava"), str(tmp_path / "back")]) == 1  # exists
     assert "already exists" in capsys.readouterr().err
     assert cli(["export-llava", str(tmp_path / "back"), str(tmp_path / "llava2"), "--overwrite"]) == 0

@@ -232,8 +232,10 @@ def render_card(model_dir: str | os.PathLike, repo_id: str) -> str:
 
     model_dir = Path(model_dir)
     if (model_dir / CARD).is_file():
-        return retarget_quick_start((model_dir / CARD).read_text(encoding="utf-8"), repo_id)
-    return str(render_model_card(model_dir, checkpoint_card_info(model_dir, UNCARDED_ORIGIN, repo_id=repo_id)))
+        card = retarget_quick_start((model_dir / CARD).read_text(encoding="utf-8"), repo_id)
+    else:
+        card = str(render_model_card(model_dir, checkpoint_card_info(model_dir, UNCARDED_ORIGIN, repo_id=repo_id)))
+    return card if card.endswith("\n") else card + "\n"
 
 
 def plan_push(model_dir: str | os.PathLike, repo_id: str) -> PushPlan:
@@ -307,7 +309,7 @@ def run_push(args: argparse.Namespace) -> int:
             plan = plan_push(args.model_dir, args.repo_id)
             print("\n".join(plan.files))
             print()
-            print(plan.card, end="" if plan.card.endswith("\n") else "\n")
+            print(plan.card, end="")
             return 0
         commit = push_checkpoint(
             args.model_dir,

@@ -9,7 +9,20 @@ Every entry point writes atomically (a temporary folder next to the destination,
 weights strictly (every source tensor consumed, every target tensor filled), raising `ConversionError` otherwise.
 """
 
-from .llava_export import export_llava, import_llava
-from .upstream import ConversionError, convert_upstream
+from importlib import import_module
+from typing import Any
 
-__all__ = ["ConversionError", "convert_upstream", "export_llava", "import_llava"]
+# Public name -> defining submodule, imported on first access so that `tinyllava-hf convert --help` loads no torch.
+_LAZY_ATTRIBUTES = {
+    "ConversionError": "upstream",
+    "convert_upstream": "upstream",
+    "export_llava": "llava_export",
+    "import_llava": "llava_export",
+}
+__all__ = sorted(_LAZY_ATTRIBUTES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRIBUTES:
+        return getattr(import_module(f".{_LAZY_ATTRIBUTES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -92,6 +93,7 @@ def check_train_paths(model_args, data_args, training_args) -> None:
     for option, value in sources.items():
         if _check_model_folder(option, value):
             check_not_overlapping(value, training_args.output_dir, error=TrainInputError, what=f"--{option} folder")
+    _check_template(model_args)
     for option in ("data_path", "eval_data_path"):
         for path in getattr(data_args, option) or []:
             if not os.path.isfile(path):
@@ -100,3 +102,36 @@ def check_train_paths(model_args, data_args, training_args) -> None:
         folder = getattr(data_args, option)
         if folder is not None and not os.path.isdir(folder):
             raise TrainInputError(f"--{option}: folder {folder} does not exist")
+
+
+def _check_template(model_args) -> None:
+    """`--template` must name a template the run can find: an upstream one, one the checkpoint saved by name, or
+    `lm` (the LM's own) when the LM folder has a chat template."""
+    from ..builder import LM_TEMPLATE_NAME
+    from ..chat_templates import list_chat_templates
+
+    if model_args.template is None:
+        return
+    known = list(list_chat_templates())
+    checkpoint = model_args.model_name_or_path
+    if checkpoint is not None and os.path.isdir(os.path.join(checkpoint, "additional_chat_templates")):
+        saved = os.listdir(os.path.join(checkpoint, "additional_chat_templates"))
+        known += sorted(name.removesuffix(".jinja") for name in saved if name.removesuffix(".jinja") not in known)
+    llm = model_args.llm
+    if llm is not None and os.path.isdir(llm) and _has_chat_template(llm) and LM_TEMPLATE_NAME not in known:
+        known.append(LM_TEMPLATE_NAME)
+    if model_args.template not in known:
+        raise TrainInputError(
+            f"--template {model_args.template!r} is not a known chat template; known: {', '.join(known)}"
+            f"{closest(model_args.template, known)}"
+        )
+
+
+def _has_chat_template(folder: str) -> bool:
+    if os.path.isfile(os.path.join(folder, "chat_template.jinja")):
+        return True
+    config = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config, encoding="utf-8") as handle:
+        return bool(json.load(handle).get("chat_template"))
