@@ -479,6 +479,7 @@ def test_the_pushed_cards_quick_start_runs_as_written(saved, hub_cache, tmp_path
 
 @pytest.mark.subprocess
 @pytest.mark.skipif(not os.environ.get("HF_TOKEN"), reason="pushes to the real Hub: set HF_TOKEN to run")
+@pytest.mark.hub
 def test_push_and_pull_on_the_hub(saved, tmp_path):
     """Push the tiny checkpoint to a new private repository (main and a branch), pull both back by id in a clean
     process with no tinyllava_hf, then delete the repository."""

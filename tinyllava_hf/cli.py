@@ -58,6 +58,11 @@ COMMANDS: tuple[Command, ...] = (
         "tinyllava_hf.eval.cli:make_eval_parser",
         "run, score and report benchmarks (tasks | run | score | report | easy-vqa)",
     ),
+    Command(
+        "push",
+        "tinyllava_hf.push:make_push_parser",
+        "upload a checkpoint folder to the Hugging Face Hub (weights, remote code, processor, card)",
+    ),
     Command("chat", "tinyllava_hf.chat:make_chat_parser", "chat with a checkpoint (images, audio, streaming)"),
     Command(
         "serve",
