@@ -5,6 +5,7 @@ Golden data under `tests/fixtures/upstream/<case>/` was recorded by running upst
 its labels; `tokenizer/` holds the cases' byte-level BPE tokenizers as upstream saved them.
 """
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -52,6 +53,7 @@ CONVERSATION_EOS = {
 }
 
 IMAGE = {"type": "image"}
+BOS_GUARD = "{%- if bos_token and bos_token != eos_token -%}\n    {{- bos_token -}}\n{%- endif -%}"
 
 
 def _text(text: str) -> dict[str, str]:
@@ -93,8 +95,11 @@ def test_template_source_and_eos_metadata(name: str):
     source = get_chat_template(name)
     code = re.sub(r"\{#.*?#\}", "", source, flags=re.DOTALL)  # the code, without the Jinja comments
     assert "{%- generation -%}" in code and "{%- endgeneration -%}" in code
-    # The eos is written as text, never taken from the tokenizer's special-token variables.
-    assert "eos_token" not in code and "bos_token" not in code
+    # The BOS guard is the first thing rendered; past it, the eos is written as text, never taken from the
+    # tokenizer's special-token variables.
+    assert code.lstrip().startswith(BOS_GUARD)
+    rest = code.lstrip().removeprefix(BOS_GUARD)
+    assert "eos_token" not in rest and "bos_token" not in rest
     assert (f"'{TEMPLATE_EOS[name]}'" in code) == (name != "pretrain")
     assert TEMPLATE_EOS[name] == CONVERSATION_EOS.get(name, "")
 
@@ -217,6 +222,14 @@ def _conversation_goldens(eos: str) -> list[tuple[str, list[dict], bool, str]]:
     ]
 
 
+# (bos_token, eos_token, the prefix the templates write): Llama / Gemma, Phi-2 (its BOS is its eos), Qwen2 (no BOS).
+BOS_CASES = [
+    ("<s>", "</s>", "<s>"),
+    ("<bos>", "<eos>", "<bos>"),
+    ("<|endoftext|>", "<|endoftext|>", ""),
+    (None, "x", ""),
+]
+
 CONVERSATION_CASES = [
     pytest.param(name, messages, gen, expected, id=f"{name}: {label}")
     for name, eos in CONVERSATION_EOS.items()
@@ -227,6 +240,12 @@ CONVERSATION_CASES = [
 @pytest.mark.parametrize(("name", "messages", "add_generation_prompt", "expected"), CONVERSATION_CASES)
 def test_conversation_template_goldens(name: str, messages: list[dict], add_generation_prompt: bool, expected: str):
     assert render_chat_template(name, messages, add_generation_prompt=add_generation_prompt) == expected
+    # Rendered for a tokenizer, the only change is the BOS in front, and only when the BOS is not the eos.
+    for bos, eos, prefix in BOS_CASES:
+        rendered = render_chat_template(
+            name, messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
+        )
+        assert rendered == prefix + expected
 
 
 # Source: upstream pretrain_template.py: system "", user slot "<image>" (question dropped), assistant "{{content}}\n".
@@ -250,6 +269,11 @@ PRETRAIN_CASES = [
 @pytest.mark.parametrize(("label", "messages", "add_generation_prompt", "expected"), PRETRAIN_CASES)
 def test_pretrain_template_goldens(label: str, messages: list[dict], add_generation_prompt: bool, expected: str):
     assert render_chat_template("pretrain", messages, add_generation_prompt=add_generation_prompt) == expected
+    for bos, eos, prefix in BOS_CASES:
+        rendered = render_chat_template(
+            "pretrain", messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
+        )
+        assert rendered == prefix + expected
 
 
 @pytest.mark.parametrize("name", list_chat_templates())
@@ -342,9 +366,10 @@ def test_assistant_mask_keeps_exactly_upstreams_trained_tokens(tokenizer_case):
 
 
 def test_with_image_registered_ids_and_mask_equal_upstream_position_by_position(tokenizer_case):
-    """With `<image>` as a special added token (as a processor registers it), encoding the rendered text with the
-    tokenizer's specials reproduces upstream's chunked ids exactly (-200 at the image), and the assistant mask is
-    upstream's `labels != -100` at every position."""
+    """With `<image>` as a special added token (as a processor registers it), the template's own BOS and
+    `add_special_tokens=False` (how TRL and the processor tokenise a rendered template) reproduce upstream's chunked
+    ids exactly (-200 at the image, the BOS first for llama), and the assistant mask is upstream's `labels != -100`
+    at every position."""
     case, tokenizer = tokenizer_case
     tokenizer = AutoTokenizer.from_pretrained(FIXTURES / case / "tokenizer")  # a private copy: we add a token
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
@@ -353,13 +378,18 @@ def test_with_image_registered_ids_and_mask_equal_upstream_position_by_position(
     for sample in _samples(case):
         messages = upstream_conversation_to_messages(sample["conversations"])
         for text, expected in (
-            (render_chat_template(template, messages), sample["train_input_ids"]),
-            (render_chat_template(template, messages[:1], add_generation_prompt=True), sample["eval_input_ids"]),
+            (render_chat_template(template, messages, **tokenizer.special_tokens_map), sample["train_input_ids"]),
+            (
+                render_chat_template(
+                    template, messages[:1], add_generation_prompt=True, **tokenizer.special_tokens_map
+                ),
+                sample["eval_input_ids"],
+            ),
         ):
-            ids = tokenizer(text)["input_ids"]  # add_special_tokens=True: BOS for llama, as upstream
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             assert [IMAGE_TOKEN_INDEX if token == image_id else token for token in ids] == expected
 
-        # `apply_chat_template` on a tokenizer never adds specials, so upstream's BOS (llama) is missing at the front.
+        # A tokenizer's `apply_chat_template` never adds specials: the template's BOS is upstream's.
         out = tokenizer.apply_chat_template(
             messages,
             chat_template=get_chat_template(template),
@@ -367,10 +397,65 @@ def test_with_image_registered_ids_and_mask_equal_upstream_position_by_position(
             return_dict=True,
             return_assistant_tokens_mask=True,
         )
-        n_bos = int(tokenizer.bos_token_id is not None and sample["train_input_ids"][0] == tokenizer.bos_token_id)
-        expected_ids = sample["train_input_ids"][n_bos:]
-        assert [IMAGE_TOKEN_INDEX if token == image_id else token for token in out["input_ids"]] == expected_ids
-        assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in sample["train_labels"][n_bos:]]
+        assert [IMAGE_TOKEN_INDEX if token == image_id else token for token in out["input_ids"]] == (
+            sample["train_input_ids"]
+        )
+        assert out["assistant_masks"] == [int(label != IGNORE_INDEX) for label in sample["train_labels"]]
+
+
+def _upstream_bos(case: str) -> bool:
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / case / "tokenizer")
+    ids = _samples(case)[0]["train_input_ids"]
+    return tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
+@pytest.mark.parametrize("name", list_chat_templates())
+@pytest.mark.parametrize("case", TOKENIZER_CASES)
+def test_processor_collator_and_trl_see_one_bos(name: str, case: str):
+    """For every template, with a tokenizer whose BOS upstream used (TinyLlama), one whose BOS is its eos (Phi-2)
+    and one with no BOS at all (Qwen2): the processor, our collator (its encoding and its length measurement) and
+    TRL's vision collator tokenise the same ids, starting with one BOS exactly when upstream's did, and train the
+    same positions."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from tinyllava_hf.builder import build_processor
+    from tinyllava_hf.testing_utils import random_image, tiny_config, tiny_image_processor
+    from tinyllava_hf.train.collator import TinyLlavaCollator
+
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / case / "tokenizer")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    processor = build_processor(tiny_config(), tokenizer, tiny_image_processor(), template=name)
+    image = random_image(0)
+    # Block contents throughout: TRL puts its images before the first user turn with a plain string content.
+    messages = [_user(IMAGE, _text("What is this?")), _assistant("A cat.")]
+    messages += [_user(_text("Color?")), _assistant("Black.")]
+    bos = tokenizer.bos_token_id
+    n_bos = int(_upstream_bos(case))
+    assert n_bos == (case == "case1_tinyllama_siglip_mlp2x_gelu")  # the fixtures: llama yes, phi and qwen2 no
+
+    out = processor.apply_chat_template(
+        [_user({"type": "image", "image": image}, _text("What is this?")), *messages[1:]],
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+    ids = out["input_ids"][0].tolist()
+    if n_bos:
+        assert ids[0] == bos and ids.count(bos) == 1
+    else:  # Phi-2's BOS id is its eos, which the answers' eos text does hold: only the front tells
+        assert bos is None or ids[0] != bos
+
+    collator = TinyLlavaCollator(processor)
+    row = {"id": "0", "messages_json": json.dumps(messages), "images": [image]}
+    encoded = collator.encode(row)
+    assert encoded["input_ids"].tolist() == ids
+    assert collator.measure(row).length == len(ids)
+
+    trl = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
+    batch = trl([{"messages": copy.deepcopy(messages), "images": [image]}])
+    assert batch["input_ids"][0].tolist() == ids
+    assert batch["labels"][0].tolist() == encoded["labels"].tolist()  # the same trained positions
 
 
 def test_switching_the_default_template_keeps_every_named_one():

@@ -2,8 +2,8 @@
 easy-VQA test images asked as people write ("What color is the shape?").
 
 The checkpoint comes from `run_demo` with the finetune stage cut to `FINETUNE_STEPS` (everything else the default
-demo): measured in docs/demo_measurements.md, it scores above 0.85 on the original and the sentence-case questions
-in about half the default demo's time.
+demo): measured in docs/demo_measurements.md, it scores 0.87 on the original and the sentence-case questions of the
+whole test split, with a finetune stage under a third as long.
 """
 
 import ast
@@ -65,8 +65,11 @@ def _run(code: str, image: str, workdir: Path) -> list[str]:
 
 
 def test_shortened_demo_still_answers_well(demo):
+    # Measured on this machine: 0.876 on both (0.867 / 0.869 on the whole split, blind 0.68). The guard sits a little
+    # lower because other CPUs and thread counts sum in other orders, and training drifts a point with that.
     _, results = demo
-    assert results["accuracy"] >= 0.85 and results["sentence_case_accuracy"] >= 0.85
+    assert results["accuracy"] >= 0.83 and results["sentence_case_accuracy"] >= 0.83
+    assert results["blind_accuracy"] < results["accuracy"] - 0.1  # the answers use the image
 
 
 @pytest.mark.parametrize("image, color", _test_images(2))

@@ -20,7 +20,14 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, ModelCard
 
 from tinyllava_hf import TinyLlavaForConditionalGeneration
 from tinyllava_hf.hub import quick_start_code, retarget_quick_start, write_checkpoint_card
-from tinyllava_hf.push import CheckpointError, checkpoint_files, make_push_parser, push_checkpoint, render_card
+from tinyllava_hf.push import (
+    CheckpointError,
+    checkpoint_files,
+    make_push_parser,
+    plan_push,
+    push_checkpoint,
+    render_card,
+)
 from tinyllava_hf.testing_utils import random_image, scramble, tiny_config, tiny_processor
 
 REPO_ID = "tinyllava-test/tiny-push"
@@ -229,7 +236,7 @@ REFUSALS = {
     "no auto_map": (_edit_config(auto_map=None), ["no auto_map", "save_pretrained"]),
     "no weights": (_remove("model.safetensors"), ["no weights", "model.safetensors"]),
     "pickled weights": (_pickled_weights, ["pytorch_model.bin", "safe_serialization=True"]),
-    "adapter": (_adapter, ["LoRA adapter", "merge-lora"]),
+    "adapter without a base model": (_adapter, ["LoRA adapter", "--base-model", "merge-lora"]),
     "no processor": (_remove("processor_config.json"), ["no processor", "processor.save_pretrained"]),
     "no tokenizer": (_remove("tokenizer.json"), ["no complete tokenizer"]),
     "no remote code": (_remove("modeling_tinyllava.py"), ["modeling_tinyllava.py"]),
@@ -375,17 +382,18 @@ PULL = textwrap.dedent(
 QUICK_START = "import runpy\nrunpy.run_path('quick_start.py', run_name='__main__')\n"
 
 
-def lay_in_hub_cache(cache: Path, repo_id: str, folder: Path, branch: str) -> Path:
-    """Lay exactly what a push of `folder` uploads into a Hub cache entry as huggingface_hub writes one (a snapshot
-    per commit, a ref per branch), under a random commit hash; returns the snapshot folder."""
+def lay_in_hub_cache(cache: Path, repo_id: str, folder: Path, branch: str, base_model: str | None = None) -> Path:
+    """Lay exactly what a push of `folder` uploads (a checkpoint, or an adapter naming `base_model`) into a Hub cache
+    entry as huggingface_hub writes one (a snapshot per commit, a ref per branch), under a random commit hash;
+    returns the snapshot folder."""
     commit = uuid.uuid4().hex + uuid.uuid4().hex[:8]
     entry = cache / f"models--{repo_id.replace('/', '--')}"
     snapshot = entry / "snapshots" / commit
-    card = render_card(folder, repo_id)
-    for path in checkpoint_files(folder):
+    plan = plan_push(folder, repo_id, base_model=base_model)
+    for path in plan.files:
         (snapshot / path).parent.mkdir(parents=True, exist_ok=True)
-        if path == "README.md":
-            (snapshot / path).write_text(card, encoding="utf-8")
+        if plan.contents(path) is not None:
+            (snapshot / path).write_bytes(plan.contents(path))
         else:
             shutil.copyfile(folder / path, snapshot / path)
     (entry / "refs").mkdir(parents=True, exist_ok=True)
@@ -514,3 +522,176 @@ def test_push_and_pull_on_the_hub(saved, tmp_path):
         assert sorted(api.list_repo_files(repo_id)) == sorted([".gitattributes", *checkpoint_files(saved)])
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------- LoRA adapters
+
+BASE_ID = "tinyllava-test/tiny-base"
+ADAPTER_ID = "tinyllava-test/tiny-lora"
+ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(parts, tmp_path_factory):
+    """A `tinyllava-hf train` LoRA run from parts (the connector and the deepest tower layer trained fully, through
+    PEFT's modules_to_save) and its `merge-lora` output: `(adapter_dir, merged_dir)`. Read them, never write."""
+    from trl import SFTConfig
+
+    from tinyllava_hf.cli import main as cli
+    from tinyllava_hf.train.arguments import DataArguments, ModelArguments
+    from tinyllava_hf.train.trainer import run_training
+
+    root = tmp_path_factory.mktemp("lora")
+    model_args = ModelArguments(
+        llm=str(parts["llm"]),
+        vision_tower=str(parts["siglip"]),
+        template="llama",
+        tune_llm="lora",
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        tune_vision_tower="partial",
+        vision_tower_train_layers=1,
+    )
+    data_args = DataArguments(data_path=[str(parts["finetune"])], image_folder=str(parts["data"]))
+    config = SFTConfig(
+        output_dir=str(root / "adapter"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=5e-2,  # large, so that the adapter and the fully trained parts visibly move
+        max_length=256,
+        bf16=False,
+        use_cpu=True,
+        activation_checkpointing=False,
+        save_strategy="no",
+        report_to="none",
+        seed=7,
+        dataloader_num_workers=0,
+    )
+    run_training(model_args, data_args, config)
+    assert cli(["merge-lora", str(root / "adapter"), str(root / "merged")]) == 0
+    return root / "adapter", root / "merged"
+
+
+def test_an_adapter_pushes_as_a_peft_repository_naming_its_hub_base(lora_run, capsys, no_network):
+    adapter, _ = lora_run
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert Path(saved["base_model_name_or_path"]) == (adapter / "base_model").resolve()  # what training recorded
+    assert "model.connector" in saved["modules_to_save"]  # the fully trained parts travel in the adapter weights
+
+    code, out, err = push_cli(capsys, str(adapter), ADAPTER_ID, "--base-model", BASE_ID, "--dry-run")
+    assert code == 0, err
+    listing, card = out.split("\n\n", 1)
+    assert listing.splitlines() == ADAPTER_FILES  # no base_model/, processor, trainer state or training_args.bin
+    metadata = ModelCard(card).data
+    assert metadata.library_name == "peft" and metadata.base_model == BASE_ID
+    code = quick_start_code(card)
+    assert f'AutoModelForImageTextToText.from_pretrained("{BASE_ID}", trust_remote_code=True)' in code
+    assert f'PeftModel.from_pretrained(model, "{ADAPTER_ID}")' in code
+
+    plan = plan_push(adapter, ADAPTER_ID, base_model=BASE_ID)
+    uploaded = json.loads(plan.contents("adapter_config.json"))
+    assert uploaded == {**saved, "base_model_name_or_path": BASE_ID}
+    assert json.loads((adapter / "adapter_config.json").read_text()) == saved  # the folder is never written
+
+    api = RecordingApi()
+    push_checkpoint(adapter, ADAPTER_ID, base_model=BASE_ID, api=api)
+    (commit,) = api.commits()
+    added = {op.path_in_repo: op for op in commit["operations"]}
+    assert sorted(added) == ADAPTER_FILES
+    with added["adapter_config.json"].as_file() as handle:
+        assert json.loads(handle.read()) == uploaded
+
+
+def test_an_adapter_base_must_be_a_hub_id(lora_run, checkpoint, tmp_path, capsys, no_network):
+    adapter, _ = lora_run
+    # Training records the base as a local folder: nobody else could resolve it.
+    code, out, err = push_cli(capsys, str(adapter), ADAPTER_ID, "--dry-run")
+    assert code == 1 and out == "" and "local path" in err and "--base-model" in err
+    for local in (str(adapter / "base_model"), "./base", "/no/such/base"):
+        code, _, err = push_cli(capsys, str(adapter), ADAPTER_ID, "--base-model", local, "--dry-run")
+        assert code == 1 and "local path" in err, local
+    # --base-model belongs to adapters only.
+    code, _, err = push_cli(capsys, str(checkpoint), REPO_ID, "--base-model", BASE_ID, "--dry-run")
+    assert code == 1 and "--base-model is for LoRA adapter folders" in err
+    # Pickled adapter weights are not uploaded.
+    pickled = Path(shutil.copytree(adapter, tmp_path / "pickled", ignore=shutil.ignore_patterns("base_model")))
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
+    code, _, err = push_cli(capsys, str(pickled), ADAPTER_ID, "--base-model", BASE_ID, "--dry-run")
+    assert code == 1 and "adapter_model.bin" in err and "safe_serialization=True" in err
+
+
+PEFT_PULL = textwrap.dedent(
+    """
+    import runpy
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageTextToText
+
+    base_id, adapter_id, batch, out = sys.argv[1:5]
+    model = AutoModelForImageTextToText.from_pretrained(base_id, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    model = PeftModel.from_pretrained(model, adapter_id).eval()
+    with __import__("torch").no_grad():
+        logits = model(**load_file(batch)).logits
+    save_file({"logits": logits.contiguous()}, out)
+    runpy.run_path("quick_start.py", run_name="__main__")  # the card's quick start, as written
+    """
+)
+
+
+@pytest.mark.subprocess
+def test_a_pushed_adapter_loads_on_its_base_with_peft_and_gives_the_merged_logits(lora_run, parts, tmp_path):
+    """Base and adapter laid into a Hub cache as their pushes upload them; in a process without tinyllava_hf,
+    `PeftModel.from_pretrained(base, ADAPTER_ID)` restores the LoRA matrices and the fully trained connector and
+    tower layer: its logits are the `merge-lora` checkpoint's, and the card's quick start generates what it does."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tinyllava_hf.train.collator import TinyLlavaCollator
+    from tinyllava_hf.train.data import load_dataset_files
+
+    adapter, merged_dir = lora_run
+    home = tmp_path / "hf_home"
+    lay_in_hub_cache(home / "hub", BASE_ID, adapter / "base_model", "main")
+    snapshot = lay_in_hub_cache(home / "hub", ADAPTER_ID, adapter, "main", base_model=BASE_ID)
+
+    merged = AutoModelForImageTextToText.from_pretrained(merged_dir).eval()
+    processor = AutoProcessor.from_pretrained(merged_dir)
+    dataset, _ = load_dataset_files([parts["finetune"]], image_folder=parts["data"])
+    batch = TinyLlavaCollator(processor)([dataset[0], dataset[1], dataset[len(dataset) - 1]])
+    batch.pop("labels")
+    save_file({key: value.contiguous() for key, value in batch.items()}, tmp_path / "batch.safetensors")
+    random_image(0).save(tmp_path / "image.png")
+    (tmp_path / "quick_start.py").write_text(quick_start_code((snapshot / "README.md").read_text()))
+
+    printed = run_clean(
+        PEFT_PULL, BASE_ID, ADAPTER_ID, "batch.safetensors", "logits.safetensors", home=home, cwd=tmp_path
+    ).stdout
+    with torch.no_grad():
+        expected = merged(**batch).logits
+    torch.testing.assert_close(load_file(tmp_path / "logits.safetensors")["logits"], expected, atol=1e-5, rtol=1e-5)
+    base = AutoModelForImageTextToText.from_pretrained(adapter / "base_model").eval()
+    with torch.no_grad():
+        assert not torch.allclose(base(**batch).logits, expected, atol=1e-3)  # the adapter did change the model
+
+    inputs = processor.apply_chat_template(
+        [
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": str(tmp_path / "image.png")},
+                        {"type": "text", "text": "What is in the image?"},
+                    ],
+                }
+            ]
+        ],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+    output = merged.generate(**inputs, max_new_tokens=16, do_sample=False)
+    decoded = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert printed.strip().splitlines()[-1] == repr(decoded)

@@ -75,7 +75,10 @@ def test_prompts_placeholders_and_padding_are_ignored(built, rows):
     assert (labels[0, length:] == IGNORE_INDEX).all()
     # The prompt (system sentence, "USER: ...", "ASSISTANT:") is never a target.
     prompt = processor.apply_chat_template(json.loads(rows["image"]["messages_json"])[:1], add_generation_prompt=True)
-    prompt_length = len(processor.tokenizer(prompt)["input_ids"]) + config.num_image_tokens - 1
+    # The template writes the BOS itself, so the rendered text is tokenised without adding special tokens.
+    prompt_length = (
+        len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + config.num_image_tokens - 1
+    )
     assert (labels[1, :prompt_length] == IGNORE_INDEX).all() and labels[1, prompt_length] != IGNORE_INDEX
 
 

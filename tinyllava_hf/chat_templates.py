@@ -13,10 +13,15 @@ labels train (see the template headers for the leading space).
 Design choices, all pinned by `tests/test_chat_templates.py`:
 
 - The eos text is a literal in each template (upstream writes it into the prompt string), never `eos_token`.
-- BOS is not written: upstream's tokenizer adds it at encode time. A processor should therefore encode the rendered
-  text with `add_special_tokens=True` (transformers' `ProcessorMixin.apply_chat_template` does, because the prompt
-  does not start with `bos_token`), and register `<image>` as a special added token: the full-sequence ids then equal
-  upstream's chunked `tokenizer_image_token` ids with `-200` at the image position.
+- The BOS is written by the template, as the Hub's chat templates do (`{{ bos_token }}` first), whenever the
+  tokenizer's BOS is a token of its own (`bos_token != eos_token`: Llama's `<s>`, Gemma's `<bos>`): exactly the
+  tokenizers whose encoding upstream began with a BOS. Phi-2's BOS is its eos `<|endoftext|>` and Qwen2 has none;
+  upstream's ids had no BOS there, and the templates write none. Rendered text is therefore tokenised with
+  `add_special_tokens=False` everywhere: TRL always does, transformers' `ProcessorMixin.apply_chat_template` does as
+  soon as the text starts with `bos_token`, and so does our collator's length measurement; each sees one BOS, never
+  two. Register `<image>` as a special added token: the full-sequence ids then equal upstream's chunked
+  `tokenizer_image_token` ids with `-200` at the image position. (`render_chat_template` without a `bos_token`
+  keyword renders upstream's prompt text, which never held the BOS string.)
 """
 
 import importlib.resources

@@ -59,6 +59,16 @@ COMMANDS: tuple[Command, ...] = (
         "run, score and report benchmarks (tasks | run | score | report | easy-vqa)",
     ),
     Command(
+        "build",
+        "tinyllava_hf.train.build_cli:make_build_parser",
+        "build an untrained (stage-0) checkpoint from an LM, a vision tower (and audio tower) and a connector",
+    ),
+    Command(
+        "set-template",
+        "tinyllava_hf.train.build_cli:make_set_template_parser",
+        "make a named chat template a checkpoint's default, in place",
+    ),
+    Command(
         "push",
         "tinyllava_hf.push:make_push_parser",
         "upload a checkpoint folder to the Hugging Face Hub (weights, remote code, processor, card)",

@@ -8,10 +8,13 @@ Shipped as remote code: imports only transformers/PIL/numpy and its flat sibling
 
 import base64
 import binascii
+import math
 import os
 
+import numpy as np
 from PIL import Image
 from transformers import ProcessorMixin
+from transformers.audio_utils import load_audio
 from transformers.image_transforms import convert_to_rgb, to_pil_image
 from transformers.image_utils import make_flat_list_of_images
 
@@ -63,6 +66,58 @@ def _flatten(items) -> list:
     if not isinstance(items, (list, tuple)):
         return [items]
     return [leaf for item in items for leaf in _flatten(item)]
+
+
+def resample_audio(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """`waveform` (1-D) resampled from `source_rate` to `target_rate` Hz, by band-limited (Fourier) interpolation.
+
+    Plain numpy, because this file ships as remote code: the spectrum is cut (or zero-extended) at the new Nyquist
+    frequency, which is the ideal low-pass for a clip treated as one period. Speech clips start and end near
+    silence, so the wrap-around this assumes costs nothing audible.
+    """
+    if source_rate == target_rate:
+        return waveform.astype(np.float32, copy=False)
+    length = waveform.shape[0]
+    new_length = max(1, round(length * target_rate / source_rate))
+    spectrum = np.fft.rfft(waveform.astype(np.float64))
+    kept = np.zeros(new_length // 2 + 1, dtype=spectrum.dtype)
+    bins = min(kept.size, spectrum.size)
+    kept[:bins] = spectrum[:bins]
+    return (np.fft.irfft(kept, n=new_length) * (new_length / length)).astype(np.float32)
+
+
+def as_mono_waveform(audio, where: str) -> np.ndarray:
+    """A 1-D float32 array from an array-like clip; a multi-channel or empty clip is an error naming `where`."""
+    waveform = np.asarray(audio)
+    if waveform.ndim == 2 and 1 in waveform.shape:
+        waveform = waveform.reshape(-1)
+    if waveform.ndim != 1 or waveform.size == 0 or not np.issubdtype(waveform.dtype, np.number):
+        raise ValueError(
+            f"{where} must be a non-empty 1-D (mono) array of samples, got shape {waveform.shape} and dtype "
+            f"{waveform.dtype}: average the channels of stereo audio first."
+        )
+    return waveform.astype(np.float32, copy=False)
+
+
+def _check_sampling_rate(sampling_rate, where: str) -> int:
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float, np.number)) or sampling_rate <= 0:
+        raise ValueError(f"{where} has an invalid sampling_rate {sampling_rate!r}: give the clip's rate in Hz.")
+    if sampling_rate != int(sampling_rate):
+        raise ValueError(f"{where} has a non-integer sampling_rate {sampling_rate!r}: give the clip's rate in Hz.")
+    return int(sampling_rate)
+
+
+def load_audio_file(source: str, sampling_rate: int, backend: str = "auto") -> np.ndarray:
+    """Decode an audio file path, URL or base64 string at `sampling_rate`, with errors that name the source."""
+    is_remote = source.startswith(("http://", "https://", "data:"))
+    if not is_remote and not os.path.isfile(source) and _missing_image_file(source) is not None:
+        raise FileNotFoundError(f"Audio file not found: {source!r} (resolved from {os.getcwd()}).")
+    try:
+        waveform = load_audio(source, sampling_rate=sampling_rate, backend=backend)
+    except (OSError, RuntimeError, ValueError, TypeError) as error:
+        shown = source if len(source) < 200 else source[:60] + "..."
+        raise ValueError(f"Cannot read audio {shown!r}: {error}") from error
+    return as_mono_waveform(waveform, f"Audio {source!r}")
 
 
 def placeholder_token_id(tokenizer, token: str) -> int:
@@ -198,10 +253,20 @@ class TinyLlavaAudioProcessor(TinyLlavaProcessor):
     r"""
     Processor for TinyLLaVA checkpoints with an audio tower: adds a Whisper feature extractor and `<audio>`.
 
+    Audio comes as `audio=` arrays (16 kHz, or any rate given as `sampling_rate=`, resampled) or, in chat
+    messages, as `{"type": "audio", "path" | "url": ...}` or `{"type": "audio", "audio": array, "sampling_rate": sr}`
+    blocks (an array without `sampling_rate` is taken to be at the feature extractor's rate, as transformers does).
+    A clip longer than the Whisper window (30 s) is an error rather than silently truncated: split it into several
+    clips, one `<audio>` each.
+
     Args:
         feature_extractor: a `WhisperFeatureExtractor` (30 s windows of log-mel features).
-        num_audio_tokens (`int`): placeholders per audio clip (`TinyLlavaConfig.num_audio_tokens`).
+        num_audio_tokens (`int`): placeholders per audio clip (`TinyLlavaConfig.num_audio_tokens`): one window.
         audio_token (`str`): the audio placeholder string in prompts.
+        trim_audio_padding (`bool`): expand each `<audio>` into as many placeholders as the clip's real length
+            needs (`audio_token_count`), not a whole window, and return `feature_attention_mask` (1 on the clip's
+            log-mel frames) with which the model keeps only those features: the padding silence of a short
+            question is then neither LM input nor sequence length. Needs a model that takes `feature_attention_mask`.
         Other arguments as `TinyLlavaProcessor`.
     """
 
@@ -216,32 +281,116 @@ class TinyLlavaAudioProcessor(TinyLlavaProcessor):
         image_token: str = IMAGE_TOKEN,
         num_audio_tokens: int = 1,
         audio_token: str = AUDIO_TOKEN,
+        trim_audio_padding: bool = False,
         **kwargs,
     ):
         self._set_image_settings(tokenizer, num_image_tokens, image_aspect_ratio, image_token)
         self.num_audio_tokens = num_audio_tokens
         self.audio_token = audio_token
         self.audio_token_id = placeholder_token_id(tokenizer, audio_token)
+        self.trim_audio_padding = trim_audio_padding
         # ProcessorMixin takes every sub-processor in one call, so skip TinyLlavaProcessor.__init__ (two of them).
         ProcessorMixin.__init__(
             self, image_processor, feature_extractor, tokenizer, chat_template=chat_template, **kwargs
         )
+        if trim_audio_padding and feature_extractor.nb_max_frames % num_audio_tokens:
+            raise ValueError(
+                f"trim_audio_padding needs num_audio_tokens ({num_audio_tokens}) to divide the window's "
+                f"{feature_extractor.nb_max_frames} log-mel frames."
+            )
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.feature_extractor.sampling_rate
+
+    def audio_token_count(self, num_frames: int) -> int:
+        """Placeholders for a clip of `num_frames` log-mel frames (`feature_attention_mask.sum()`), at most a window.
+
+        Whisper's second convolution halves the frames and the connector stacks `audio_downsample_factor` encoder
+        frames per token, so one token covers `nb_max_frames / num_audio_tokens` log-mel frames; a partly filled
+        last token counts. The model must keep the same number: `ceil(ceil(num_frames / 2) / factor)` (equal).
+        """
+        frames_per_token = self.feature_extractor.nb_max_frames // self.num_audio_tokens
+        return min(self.num_audio_tokens, max(1, math.ceil(int(num_frames) / frames_per_token)))
+
+    def _load_block_audio(self, block: dict, where: str) -> dict:
+        """An audio content block with its clip decoded/resampled to a 1-D array at the feature extractor's rate."""
+        sources = [key for key in ("audio", "url", "path") if key in block]
+        if len(sources) != 1:
+            if not sources:  # a bare {"type": "audio"} marks where `audio=` clips go; nothing to load
+                return block
+            raise ValueError(f"{where} has {', '.join(sources)}: give exactly one of audio, url or path.")
+        source = block[sources[0]]
+        if isinstance(source, str):
+            waveform = load_audio_file(source, self.sampling_rate)
+        else:
+            waveform = as_mono_waveform(source, where)
+            rate = _check_sampling_rate(block.get("sampling_rate", self.sampling_rate), where)
+            waveform = resample_audio(waveform, rate, self.sampling_rate)
+        return {key: value for key, value in block.items() if key not in ("url", "path", "sampling_rate")} | {
+            "audio": waveform
+        }
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        # transformers loads `path`/`url` blocks itself but passes arrays through without their `sampling_rate`
+        # (and names no file when one is missing); resolve every audio block here first, on copies.
+        normalize = getattr(self, "_normalize_conversations", None)
+        if normalize is not None and conversation:
+            conversations, is_batched = normalize(conversation)
+            loaded = []
+            for index, messages in enumerate(conversations):
+                new_messages = []
+                for message in messages:
+                    content = message.get("content")
+                    if isinstance(content, list):
+                        content = [
+                            self._load_block_audio(block, f"Audio block {position} of conversation {index}")
+                            if isinstance(block, dict) and block.get("type") == "audio"
+                            else block
+                            for position, block in enumerate(content)
+                        ]
+                        message = {**message, "content": content}
+                    new_messages.append(message)
+                loaded.append(new_messages)
+            conversation = loaded if is_batched else loaded[0]
+        return super().apply_chat_template(conversation, *args, **kwargs)
 
     def _process_audio(self, audio, **kwargs):
-        # Whisper's encoder expects full 30 s windows; the feature extractor pads to them by default. Keep the
-        # attention mask out: the encoder attends to the whole window, as Whisper itself does.
-        kwargs.setdefault("return_attention_mask", False)
+        # Whisper's encoder expects full 30 s windows; the feature extractor pads to them by default.
         kwargs.pop("padding", None)
         kwargs.pop("truncation", None)
         kwargs.pop("max_length", None)
-        return super()._process_audio(audio, **kwargs)
+        rate = kwargs.pop("sampling_rate", None)
+        rate = self.sampling_rate if rate is None else _check_sampling_rate(rate, "sampling_rate")
+        clips = [as_mono_waveform(clip, f"Audio clip {i}") for i, clip in enumerate(audio)]
+        clips = [resample_audio(clip, rate, self.sampling_rate) for clip in clips]
+        window = self.feature_extractor.n_samples
+        for i, clip in enumerate(clips):
+            if clip.shape[0] > window:
+                raise ValueError(
+                    f"Audio clip {i} lasts {clip.shape[0] / self.sampling_rate:.2f} s, longer than the audio tower's "
+                    f"{window / self.sampling_rate:g} s window: split it into clips of at most that length, one "
+                    "<audio> each (the feature extractor would silently cut it)."
+                )
+        # The attention mask marks each clip's real log-mel frames; without trimming the encoder attends to the
+        # whole window, as Whisper itself does, and the mask is not returned.
+        kwargs["return_attention_mask"] = self.trim_audio_padding
+        processed, replacements = super()._process_audio(clips, sampling_rate=self.sampling_rate, **kwargs)
+        if self.trim_audio_padding:
+            processed["feature_attention_mask"] = processed.pop("attention_mask")
+        return processed, replacements
 
     def replace_audio_token(self, audio_inputs: dict, audio_idx: int, **kwargs) -> str:
-        return self.audio_token * self.num_audio_tokens
+        if not self.trim_audio_padding:
+            return self.audio_token * self.num_audio_tokens
+        # Called inside `_process_audio`, before the mask is renamed `feature_attention_mask`.
+        num_frames = audio_inputs["attention_mask"][audio_idx].sum()
+        return self.audio_token * self.audio_token_count(num_frames)
 
     @property
     def model_input_names(self) -> list[str]:
-        return list(dict.fromkeys(super().model_input_names + ["input_features"]))
+        extra = ["input_features", "feature_attention_mask"] if self.trim_audio_padding else ["input_features"]
+        return list(dict.fromkeys(super().model_input_names + extra))
 
 
 __all__ = ["TinyLlavaAudioProcessor", "TinyLlavaProcessor"]

@@ -1,6 +1,8 @@
-"""`tinyllava-hf push`: upload a saved checkpoint to the Hugging Face Hub as one commit that loads anywhere.
+"""`tinyllava-hf push`: upload a saved checkpoint, or a LoRA adapter, to the Hugging Face Hub as one commit that
+loads anywhere.
 
     tinyllava-hf push DIR REPO_ID [--private] [--revision BRANCH] [--commit-message M] [--dry-run]
+    tinyllava-hf push ADAPTER_DIR REPO_ID --base-model BASE_REPO_ID [...]
 
 What is uploaded is decided by an allow-list (:func:`checkpoint_files`), never by "everything in the folder": a
 training output folder also holds optimizer states, `checkpoint-*/` subfolders, `training_args.bin` and logs that
@@ -17,6 +19,12 @@ nobody loading the model needs (and pickles that nobody should have to trust). T
   `model_card_template.md`.
 
 A folder that would not load from the Hub is refused before anything touches the network, naming what is missing.
+
+A LoRA/QLoRA output of `tinyllava-hf train` (`adapter_config.json`, no model weights) is pushed as a PEFT adapter
+repository (:func:`adapter_files`): `adapter_config.json` with `base_model_name_or_path` set to the base model's Hub
+id (a local path there would resolve for nobody else), `adapter_model.safetensors` (the LoRA matrices and, through
+PEFT's `modules_to_save`, the connector and tower layers the run trained fully: `PeftModel.from_pretrained` restores
+both), and a card with `library_name: peft` and `base_model`; the processor is the base repository's.
 """
 
 from __future__ import annotations
@@ -61,6 +69,9 @@ _WEIGHTS_IN_REPO = re.compile(
 )
 # transformers' own rule for the modules a remote-code file imports (`dynamic_module_utils.get_relative_imports`).
 _RELATIVE_IMPORT = re.compile(r"^\s*(?:import\s+\.(\S+)\s*$|from\s+\.(\S+)\s+import)", flags=re.MULTILINE)
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLE_ADAPTER_WEIGHTS = "adapter_model.bin"
 UNCARDED_ORIGIN = (
     "How this checkpoint was trained is not recorded: its folder had no model card when it was pushed with "
     "`tinyllava-hf push`."
@@ -75,12 +86,23 @@ class CheckpointError(ValueError):
 @dataclass(frozen=True)
 class PushPlan:
     """What one push uploads: the checkpoint's files (relative POSIX paths, `README.md` among them) and the card text
-    uploaded as `README.md` (the folder's own file is never rewritten)."""
+    uploaded as `README.md` (the folder's own file is never rewritten). For an adapter, `adapter_config` is the
+    `adapter_config.json` uploaded in place of the folder's (naming the base model by its Hub id)."""
 
     model_dir: Path
     repo_id: str
     files: tuple[str, ...]
     card: str
+    base_model: str | None = None
+    adapter_config: str | None = None
+
+    def contents(self, path: str) -> bytes | None:
+        """The bytes uploaded for `path` when they are not the folder's file, else None."""
+        if path == CARD:
+            return self.card.encode("utf-8")
+        if path == ADAPTER_CONFIG and self.adapter_config is not None:
+            return self.adapter_config.encode("utf-8")
+        return None
 
 
 def _read_json(path: Path) -> dict:
@@ -156,11 +178,6 @@ def _weights_files(model_dir: Path) -> list[str]:
             f"{model_dir} holds only pickled weights ({', '.join(pickles)}), which are not uploaded: re-save with "
             "model.save_pretrained(DIR, safe_serialization=True) to write model.safetensors"
         )
-    if (model_dir / "adapter_config.json").is_file():
-        raise CheckpointError(
-            f"{model_dir} is a LoRA adapter, not a full checkpoint (no model.safetensors): merge it first with "
-            "`tinyllava-hf merge-lora`"
-        )
     raise CheckpointError(f"{model_dir} has no weights: no {SAFE_WEIGHTS} or {SAFE_WEIGHTS_INDEX}")
 
 
@@ -225,6 +242,133 @@ def checkpoint_files(model_dir: str | os.PathLike) -> list[str]:
     return sorted({*files, CARD})
 
 
+def is_adapter_dir(model_dir: str | os.PathLike) -> bool:
+    """A LoRA/QLoRA output (PEFT's `adapter_config.json`, no model weights of its own)."""
+    model_dir = Path(model_dir)
+    return (model_dir / ADAPTER_CONFIG).is_file() and not any(
+        (model_dir / name).is_file() for name in (SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX)
+    )
+
+
+def hub_base_model(model_dir: str | os.PathLike, base_model: str | None) -> str:
+    """The Hub id an adapter repository names as its base: `base_model`, else the one `adapter_config.json` records.
+
+    Uses `tinyllava_hf.loading.resolve_model_source`'s rule (what exists on disk, or can only be a path, is local):
+    a local base resolves for nobody who downloads the adapter, so it is refused with the way to push it.
+
+    Raises:
+        CheckpointError: no base model, or a local one.
+    """
+    from .loading import ModelLoadError, resolve_model_source
+
+    recorded = _read_json(Path(model_dir) / ADAPTER_CONFIG).get("base_model_name_or_path")
+    name = base_model or recorded
+    how = (
+        "push the base checkpoint first (`tinyllava-hf push BASE_DIR ORG/BASE`; a `tinyllava-hf train` LoRA run "
+        "saved it as OUTPUT_DIR/base_model) and pass --base-model ORG/BASE"
+    )
+    if not name:
+        raise CheckpointError(
+            f"{model_dir} is a LoRA adapter folder whose adapter_config.json names no base model: {how}, or merge it "
+            "into a full checkpoint with `tinyllava-hf merge-lora`"
+        )
+    try:
+        name, is_local = resolve_model_source(name)
+    except ModelLoadError:
+        is_local = True  # a path that does not exist here is still a path
+    if is_local:
+        given = "--base-model" if base_model else f"{ADAPTER_CONFIG}'s base_model_name_or_path"
+        raise CheckpointError(
+            f"{model_dir} is a LoRA adapter folder and its base model ({given} {name}) is a local path, which nobody "
+            f"else can resolve: {how}, or merge it into a full checkpoint with `tinyllava-hf merge-lora`"
+        )
+    return name
+
+
+def adapter_files(model_dir: str | os.PathLike) -> list[str]:
+    """The files of the LoRA adapter folder `model_dir` that a push uploads, as sorted relative POSIX paths:
+    `adapter_config.json`, `adapter_model.safetensors` and the card.
+
+    The processor stays with the base repository: transformers' `AutoTokenizer` reads a `config.json`, which an
+    adapter repository has none of, so a processor uploaded here would not load by the adapter's id. Checkpoints,
+    optimizer states and the saved `base_model/` stay local too.
+
+    Raises:
+        CheckpointError: an adapter whose weights are missing or only pickled, or not a LoRA adapter.
+    """
+    model_dir = Path(model_dir)
+    config = _read_json(model_dir / ADAPTER_CONFIG)
+    if config.get("peft_type") not in (None, "LORA"):
+        raise CheckpointError(f"{model_dir} holds a {config.get('peft_type')} adapter; only LoRA adapters are pushed")
+    if not (model_dir / ADAPTER_WEIGHTS).is_file():
+        pickled = (model_dir / PICKLE_ADAPTER_WEIGHTS).is_file()
+        raise CheckpointError(
+            f"{model_dir} has no {ADAPTER_WEIGHTS}"
+            + (f" (only the pickle {PICKLE_ADAPTER_WEIGHTS}, which is not uploaded)" if pickled else "")
+            + ": save the adapter with model.save_pretrained(DIR, safe_serialization=True)"
+        )
+    return sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD])
+
+
+def render_adapter_card(model_dir: str | os.PathLike, repo_id: str, base_model: str) -> str:
+    """The `README.md` of an adapter repository: PEFT metadata, what the adapter trains, and a quick start that loads
+    the base by its id and the adapter with PEFT's own API."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = _read_json(Path(model_dir) / ADAPTER_CONFIG)
+    saved = config.get("modules_to_save") or []
+    data = ModelCardData(
+        library_name="peft",
+        base_model=base_model,
+        pipeline_tag="image-text-to-text",
+        tags=["tinyllava", "tinyllava-hf", "lora", "peft", "image-text-to-text"],
+    )
+    trained = ", ".join(f"`{name}`" for name in saved) if saved else "nothing else"
+    body = f"""
+# {repo_id.split("/")[-1]}
+
+A LoRA adapter for the TinyLLaVA model [`{base_model}`](https://huggingface.co/{base_model}), trained with
+`tinyllava-hf train` (`tune_llm: lora` / `qlora`) and pushed with `tinyllava-hf push --base-model`.
+
+- LoRA on the language model: rank {config.get("r")}, alpha {config.get("lora_alpha")}, target modules
+  `{config.get("target_modules")}`.
+- Trained fully and stored with the adapter (PEFT `modules_to_save`): {trained}.
+
+`PeftModel.from_pretrained` restores both; `merge_and_unload()` folds them into the base model (what
+`tinyllava-hf merge-lora` saves).
+
+## Quick start
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained("{base_model}", trust_remote_code=True)
+model = PeftModel.from_pretrained(model, "{repo_id}")
+processor = AutoProcessor.from_pretrained("{base_model}", trust_remote_code=True)
+
+messages = [{{"role": "user", "content": [{{"type": "image", "image": "image.png"}},
+                                         {{"type": "text", "text": "What is in the image?"}}]}}]
+inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                       return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+print(processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+## Evaluation
+
+No evaluation results are recorded for this adapter.
+"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")).rstrip("\n") + "\n"
+
+
+def adapter_config_for_hub(model_dir: str | os.PathLike, base_model: str) -> str:
+    """The folder's `adapter_config.json` naming `base_model` (a Hub id) as the adapter's base."""
+    config = _read_json(Path(model_dir) / ADAPTER_CONFIG)
+    config["base_model_name_or_path"] = base_model
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
 def render_card(model_dir: str | os.PathLike, repo_id: str) -> str:
     """The `README.md` a push uploads: the folder's own card with its quick start loading `repo_id`, or, when the
     folder has none, the project's card rendered from `model_card_template.md` (which claims no evaluation)."""
@@ -238,11 +382,15 @@ def render_card(model_dir: str | os.PathLike, repo_id: str) -> str:
     return card if card.endswith("\n") else card + "\n"
 
 
-def plan_push(model_dir: str | os.PathLike, repo_id: str) -> PushPlan:
+def plan_push(model_dir: str | os.PathLike, repo_id: str, base_model: str | None = None) -> PushPlan:
     """Check `model_dir` and `repo_id` and decide what a push uploads; touches no network.
 
+    A LoRA adapter folder plans an adapter repository naming `base_model` (default: the base its
+    `adapter_config.json` records), which must be a Hub id.
+
     Raises:
-        CheckpointError: for a folder that would not load from the Hub, or an invalid repository id.
+        CheckpointError: for a folder that would not load from the Hub, an invalid repository id, an adapter without
+            a Hub base model, or `base_model` given for a full checkpoint.
     """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -250,6 +398,16 @@ def plan_push(model_dir: str | os.PathLike, repo_id: str) -> PushPlan:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise CheckpointError(f"{repo_id!r} is not a valid Hub repository id (ORG/NAME): {err}") from None
+    if is_adapter_dir(model_dir):
+        base = hub_base_model(model_dir, base_model)
+        files = adapter_files(model_dir)
+        card = render_adapter_card(model_dir, repo_id, base)
+        return PushPlan(Path(model_dir), repo_id, tuple(files), card, base, adapter_config_for_hub(model_dir, base))
+    if base_model is not None:
+        raise CheckpointError(
+            f"--base-model is for LoRA adapter folders (with {ADAPTER_CONFIG}); {model_dir} is not one: a full "
+            "checkpoint is pushed without it"
+        )
     files = checkpoint_files(model_dir)
     return PushPlan(Path(model_dir), repo_id, tuple(files), render_card(model_dir, repo_id))
 
@@ -263,8 +421,10 @@ def push_checkpoint(
     commit_message: str | None = None,
     token: str | bool | None = None,
     api=None,
+    base_model: str | None = None,
 ):
-    """Upload the checkpoint in `model_dir` to `repo_id` as one commit (see the module docstring for what goes).
+    """Upload the checkpoint (or LoRA adapter, naming the Hub id `base_model`) in `model_dir` to `repo_id` as one
+    commit (see the module docstring for what goes).
 
     The repository is created when missing (`private` applies only then), and so is the branch `revision` (from the
     default branch). Weight files left in the repository by an earlier push that this one does not upload are deleted
@@ -273,7 +433,7 @@ def push_checkpoint(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import RevisionNotFoundError
 
-    plan = plan_push(model_dir, repo_id)
+    plan = plan_push(model_dir, repo_id, base_model=base_model)
     api = api if api is not None else HfApi(library_name="tinyllava-hf")
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True, token=token).repo_id
     if revision is not None:
@@ -283,11 +443,12 @@ def push_checkpoint(
     except RevisionNotFoundError:
         existing = []  # an empty repository: nothing to replace
     operations = [
-        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(plan.model_dir / path))
+        CommitOperationAdd(
+            path_in_repo=path,
+            path_or_fileobj=plan.contents(path) if plan.contents(path) is not None else str(plan.model_dir / path),
+        )
         for path in plan.files
-        if path != CARD
     ]
-    operations.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=plan.card.encode("utf-8")))
     operations += [
         CommitOperationDelete(path_in_repo=path)
         for path in existing
@@ -296,7 +457,9 @@ def push_checkpoint(
     return api.create_commit(
         repo_id,
         operations=operations,
-        commit_message=commit_message or f"Upload TinyLLaVA checkpoint {plan.model_dir.name} with tinyllava-hf push",
+        commit_message=commit_message
+        or f"Upload TinyLLaVA {'LoRA adapter' if plan.base_model else 'checkpoint'} {plan.model_dir.name} with "
+        "tinyllava-hf push",
         revision=revision,
         token=token,
     )
@@ -306,7 +469,7 @@ def run_push(args: argparse.Namespace) -> int:
     """The `push` command: check the folder, then print the plan (`--dry-run`) or upload it."""
     try:
         if args.dry_run:
-            plan = plan_push(args.model_dir, args.repo_id)
+            plan = plan_push(args.model_dir, args.repo_id, base_model=args.base_model)
             print("\n".join(plan.files))
             print()
             print(plan.card, end="")
@@ -317,6 +480,7 @@ def run_push(args: argparse.Namespace) -> int:
             private=args.private or None,
             revision=args.revision,
             commit_message=args.commit_message,
+            base_model=args.base_model,
         )
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -338,8 +502,9 @@ def make_push_parser(subparsers: argparse._SubParsersAction | None = None) -> ar
         description=(
             "Upload a saved checkpoint to the Hub as one commit: safetensors weights, the remote-code files, "
             "processor, tokenizer, chat templates and the model card (rendered when the folder has none). Training "
-            "leftovers (optimizer states, checkpoint-*/, training_args.bin) are never uploaded. Log in first with "
-            "`hf auth login` or set HF_TOKEN."
+            "leftovers (optimizer states, checkpoint-*/, training_args.bin) are never uploaded. A LoRA adapter folder "
+            "goes as a PEFT adapter repository naming --base-model. Log in first with `hf auth login` or set "
+            "HF_TOKEN."
         ),
     )
     parser.add_argument("model_dir", metavar="DIR", help="checkpoint folder (written by save_pretrained / train)")
@@ -349,6 +514,13 @@ def make_push_parser(subparsers: argparse._SubParsersAction | None = None) -> ar
         "--revision", default=None, metavar="BRANCH", help="branch to commit to (created when missing; default: main)"
     )
     parser.add_argument("--commit-message", default=None, metavar="M", help="the commit's message")
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        metavar="BASE_REPO_ID",
+        help="for a LoRA adapter folder: the Hub id of its base model, written into adapter_config.json (default: "
+        "the recorded one, if it is a Hub id; push a local base first)",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",

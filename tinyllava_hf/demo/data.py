@@ -26,7 +26,7 @@ import json
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ __all__ = [
     "load_split",
     "natural_questions",
     "rewrite_question",
+    "rewrite_questions_file",
     "sentence_case",
     "write_demo_data",
 ]
@@ -252,8 +253,9 @@ def write_demo_data(out_dir: str | Path, test_limit: int | None = None, seed: in
     write_text_atomic(out_dir / "pretrain.json", json.dumps(pretrain, indent=1))
     write_text_atomic(out_dir / "finetune.json", json.dumps(finetune, indent=1))
     test = write_easy_vqa_files(out_dir / "easy_vqa_test", "test", limit=test_limit, seed=seed)
-    sentence_cased = test.questions.with_name("questions_sentence_case.jsonl")
-    write_text_atomic(sentence_cased, _sentence_cased_lines(test.questions))
+    sentence_cased = rewrite_questions_file(
+        test.questions, test.questions.with_name("questions_sentence_case.jsonl"), sentence_case
+    )
     return DemoDataFiles(
         pretrain=out_dir / "pretrain.json",
         finetune=out_dir / "finetune.json",
@@ -265,11 +267,15 @@ def write_demo_data(out_dir: str | Path, test_limit: int | None = None, seed: in
     )
 
 
-def _sentence_cased_lines(questions_file: Path) -> str:
-    """The question file's lines with each `text` in sentence case, everything else unchanged."""
+def rewrite_questions_file(questions_file: str | Path, out_file: str | Path, rewrite: Callable[[str], str]) -> Path:
+    """Copy an evaluation question file (JSON lines) with each `text` replaced by `rewrite(text)`, all else unchanged.
+
+    The demo writes the sentence-case test questions this way; other forms (upper case, no "?") score the same way.
+    """
     lines = []
-    for line in questions_file.read_text().splitlines():
+    for line in Path(questions_file).read_text().splitlines():
         record = json.loads(line)
-        record["text"] = sentence_case(record["text"])
+        record["text"] = rewrite(record["text"])
         lines.append(json.dumps(record) + "\n")
-    return "".join(lines)
+    write_text_atomic(Path(out_file), "".join(lines))
+    return Path(out_file)

@@ -54,7 +54,7 @@ EVAL_PASSES = {
         "test_questions_sentence_case",
         False,
         "sentence_case_predictions.jsonl",
-        "image,\nSentence case",
+        "image,\nsentence case",
     ),
     "blind_accuracy": ("test_questions", True, "blank_predictions.jsonl", "blank image"),
 }

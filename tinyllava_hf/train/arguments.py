@@ -91,6 +91,17 @@ class ModelArguments:
         },
     )
     tune_connector: Literal["frozen", "full"] = field(default="full", metadata={"help": "frozen | full"})
+    cache_vision_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute each image's vision tower features once and reuse them (every later epoch skips the "
+            "tower). Needs tune_vision_tower=frozen (tinyllava_hf.train.feature_cache)."
+        },
+    )
+    vision_feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "With cache_vision_features: keep the features in this folder instead of in memory."},
+    )
     tune_audio_tower: Literal["frozen", "full"] = field(default="frozen", metadata={"help": "frozen | full"})
     tune_audio_connector: Literal["frozen", "full"] = field(default="full", metadata={"help": "frozen | full"})
 
@@ -110,7 +121,15 @@ class ModelArguments:
 
     def __post_init__(self):
         # An empty override (`--model_name_or_path ""`) unsets a recipe's value, e.g. to build from parts instead.
-        for name in ("model_name_or_path", "llm", "vision_tower", "vision_tower_aux", "audio_tower", "template"):
+        for name in (
+            "model_name_or_path",
+            "llm",
+            "vision_tower",
+            "vision_tower_aux",
+            "audio_tower",
+            "template",
+            "vision_feature_cache_dir",
+        ):
             if getattr(self, name) == "":
                 setattr(self, name, None)
         if self.model_name_or_path is None and (self.llm is None or self.vision_tower is None):
@@ -123,6 +142,10 @@ class ModelArguments:
             raise ValueError("tune_vision_tower=partial needs --vision_tower_train_layers >= 1.")
         if self.tune_vision_tower != "partial" and self.vision_tower_train_layers:
             raise ValueError("--vision_tower_train_layers only applies to tune_vision_tower=partial.")
+        if self.cache_vision_features and self.tune_vision_tower != "frozen":
+            raise ValueError(
+                "cache_vision_features needs tune_vision_tower=frozen: a training tower's features change every step."
+            )
         if isinstance(self.lora_target_modules, str):  # a YAML string instead of a list
             self.lora_target_modules = self.lora_target_modules.split()
         self.quant_bits = int(self.quant_bits)
@@ -177,8 +200,17 @@ class DataArguments:
             "(tinyllava_hf.train.sampler). Measures every sample's length once before training."
         },
     )
+    packing_token_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "With padding_free: the most tokens of a packed row; each batch is bin-packed into as many rows "
+            "as needed (tinyllava_hf.train.packing). Default: the whole batch in one row."
+        },
+    )
 
     def __post_init__(self):
+        if self.packing_token_budget is not None and self.packing_token_budget < 1:
+            raise ValueError(f"packing_token_budget must be >= 1, got {self.packing_token_budget}.")
         if self.data_path is None:
             raise ValueError("--data_path is required.")
         # A YAML string instead of a list

@@ -45,10 +45,12 @@ from .arguments import ModelArguments
 
 __all__ = [
     "NON_LLM_MODULES",
+    "build_checkpoint",
     "build_from_parts",
     "load_training_start",
     "load_pretrained",
     "quantization_config_for",
+    "set_default_template",
 ]
 
 logger = logging.getLogger(__name__)
@@ -180,8 +182,12 @@ def _build_from_parts(args: ModelArguments) -> tuple[TinyLlavaForConditionalGene
 def _sync_special_tokens(model: TinyLlavaForConditionalGeneration, tokenizer, template: str | None) -> None:
     """Make the model's configs agree with the tokenizer on pad, and stop generation at the template's eos."""
     model.config.text_config.pad_token_id = tokenizer.pad_token_id
-    generation = model.generation_config
-    generation.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    _add_template_eos(model.generation_config, tokenizer, template)
+
+
+def _add_template_eos(generation: GenerationConfig, tokenizer, template: str | None) -> None:
+    """Stop generation at the tokenizer's eos and at the template's end-of-answer token, keeping the stops it has."""
     eos = generation.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     for token_id in [tokenizer.eos_token_id, *_template_eos_ids(tokenizer, template)]:
@@ -265,3 +271,83 @@ def _without_template(args: ModelArguments) -> ModelArguments:
     reload_args.image_aspect_ratio = None
     reload_args.dtype = "float32" if args.dtype == "auto" else args.dtype
     return reload_args
+
+
+def build_checkpoint(args: ModelArguments, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Build a stage-0 model from `args`' parts (`build_from_parts`, exactly what a recipe's first stage starts from)
+    and save it, with its processor, remote code and model card, to `out_dir`, atomically.
+
+    The folder loads with `from_pretrained(out_dir, trust_remote_code=True)`, so any trainer can start from it, stock
+    `trl sft --model_name_or_path out_dir` included.
+    """
+    from ..files import atomic_output_dir, check_destination
+    from ..hub import write_checkpoint_card
+
+    out_dir = Path(out_dir)
+    check_destination(out_dir, overwrite)  # before the parts are loaded
+    model, processor = build_from_parts(args)
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    parts = [args.llm, args.vision_tower, *(p for p in (args.vision_tower_aux, args.audio_tower) if p is not None)]
+    write_checkpoint_card(
+        out_dir,
+        f"Built by `tinyllava-hf build` from the parts {' + '.join(map(str, parts))}, with a freshly initialised "
+        f"{args.connector} connector and the `{args.template}` chat template: untrained, a stage-0 "
+        "checkpoint to train from.",
+        tags=["untrained"],
+    )
+    logger.info("Built %s from parts", out_dir)
+    return out_dir
+
+
+# Where `save_pretrained` keeps a processor's templates (transformers >= 4.50): the default one and the named ones.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATES_DIR = "additional_chat_templates"
+
+
+def set_default_template(model_dir: str | Path, name: str) -> list[str]:
+    """Make `name` the default chat template of the checkpoint in `model_dir`, in place; returns the template names
+    the folder then holds (every named template is kept, and every upstream one is added when missing).
+
+    This is `load_pretrained`'s `template` override made permanent, for trainers that just load the folder (stock
+    `trl sft` between the pretrain and finetune stages). The template's end-of-answer token joins
+    `generation_config.json`'s eos ids, as when building with that template. Each file is replaced with one
+    `os.replace`, named templates before the default, so a reader never sees a default that is not also listed.
+
+    Raises:
+        ValueError: an unknown template name, or a folder whose templates are not saved as `.jinja` files.
+    """
+    import os
+    import tempfile
+
+    model_dir = Path(model_dir)
+    default = model_dir / CHAT_TEMPLATE_FILE
+    if not default.is_file():
+        raise ValueError(
+            f"{model_dir} has no {CHAT_TEMPLATE_FILE}: give a checkpoint folder saved by this package (or re-save its "
+            "processor with processor.save_pretrained, which writes the templates as .jinja files)"
+        )
+    current = {"default": default.read_text(encoding="utf-8")}
+    for path in sorted((model_dir / CHAT_TEMPLATES_DIR).glob("*.jinja")):
+        current[path.stem] = path.read_text(encoding="utf-8")
+    templates = with_default_template(current, name)
+
+    def replace(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, path)
+
+    for key, text in templates.items():
+        if key != "default" and current.get(key) != text:
+            replace(model_dir / CHAT_TEMPLATES_DIR / f"{key}.jinja", text)
+    if (model_dir / "generation_config.json").is_file() and (model_dir / "tokenizer_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(model_dir)
+        before = generation.eos_token_id
+        _add_template_eos(generation, AutoTokenizer.from_pretrained(model_dir), name)
+        if generation.eos_token_id != before:
+            replace(model_dir / "generation_config.json", generation.to_json_string(use_diff=True))
+    replace(default, templates["default"])
+    return sorted(key for key in templates if key != "default")

@@ -1,5 +1,5 @@
 """`TinyLlavaCollator`: chat-template tokenisation, assistant-only labels, placeholder-safe truncation, right padding
-(or padding-free packing, `tinyllava_hf.train.packing`).
+(or padding-free packing into rows filled up to a token budget, `tinyllava_hf.train.packing`).
 
 TRL's `SFTTrainer` computes the loss from the backbone's hidden states and `lm_head` directly (its fused LM head),
 not through our model's `forward`, so the labels built here are the whole truth: `-100` everywhere except the
@@ -28,7 +28,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..constants import IGNORE_INDEX
 from .data import BadSampleError, load_audio, load_image
-from .packing import pack_samples
+from .packing import MEDIA_KEYS, pack_samples
 
 __all__ = ["NothingToTrainError", "OverlengthError", "SampleLayout", "TinyLlavaCollator", "filter_overlength"]
 
@@ -77,8 +77,10 @@ class TinyLlavaCollator:
             placeholders after the first row's end, masked from attention and labels. DeepSpeed ZeRO-3 gathers a
             tower's weights collectively, so a rank whose batch skipped the tower would hang the others; the
             trainer turns this on under ZeRO-3. The blank medium changes neither the loss nor any gradient.
-        packing: padding-free batches: all samples in one row with per-sample `position_ids` and no
+        packing: padding-free batches: the samples back to back in rows, with per-sample `position_ids` and no
             `attention_mask` (`tinyllava_hf.train.packing`); the trainer turns this on for `padding_free: true`.
+        max_tokens_per_row: with `packing`, the token budget of a packed row (the recipe's `packing_token_budget`):
+            a batch's samples are bin-packed into as many rows as needed; None puts the whole batch in one row.
     """
 
     processor: ProcessorMixin
@@ -88,6 +90,7 @@ class TinyLlavaCollator:
     pad_to_multiple_of: int | None = None
     dummy_media: bool = False
     packing: bool = False
+    max_tokens_per_row: int | None = None
     stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self):
@@ -245,11 +248,11 @@ class TinyLlavaCollator:
         if self.dummy_media:
             self._add_dummy_media(encoded[0], encoded)
         if self.packing:
-            result = pack_samples(encoded, self.pad_token_id, self.pad_to_multiple_of)
-        else:
-            result = self._pad(encoded)
-        # One entry per medium in sample order, whether padded or packed: the model scatters them in that order.
-        for key in ("pixel_values", "input_features"):
+            # Packing may reorder samples into rows; it orders the media to match.
+            return pack_samples(encoded, self.pad_token_id, self.pad_to_multiple_of, self.max_tokens_per_row)
+        result = self._pad(encoded)
+        # One entry per medium in sample order: the model scatters them in that order.
+        for key in MEDIA_KEYS:
             tensors = [item[key] for item in encoded if key in item]
             if tensors:
                 result[key] = torch.cat(tensors)

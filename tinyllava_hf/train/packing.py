@@ -1,14 +1,16 @@
-"""Padding-free packing: every sample of a batch concatenated into one row, each with its own position ids.
+"""Padding-free packing: the samples of a batch back to back in rows filled up to a token budget, each sample with
+own position ids.
 
-    tinyllava-hf train --config RECIPE.yaml --padding_free true
+    tinyllava-hf train --config RECIPE.yaml --padding_free true [--packing_token_budget 2048]
 
 TRL refuses its own `padding_free`/`packing` for vision datasets, so the trainer takes `padding_free: true` away from
 TRL and turns on `TinyLlavaCollator(packing=True)` instead, which calls `pack_samples` here. The packed batch is
 
-    input_ids, labels, position_ids   (1, total_length)    samples back to back; position ids restart at 0 per sample
-    cu_seq_lens_q/k, max_length_q/k                       sample boundaries for flash-attention's varlen kernels
+    input_ids, labels, position_ids   (rows, row_length)   samples back to back; position ids restart at 0 per sample
+    cu_seq_lens_q/k, max_length_q/k                       sample boundaries (rows read one after the other) for
+                                                          flash-attention's varlen kernels
     use_cache                         False
-    pixel_values, input_features                          unchanged: one entry per medium, in order
+    pixel_values, input_features                          one entry per medium, in the order of the packed samples
 
 and holds no `attention_mask`. How each attention implementation keeps samples apart:
 
@@ -20,13 +22,22 @@ and holds no `attention_mask`. How each attention implementation keeps samples a
 - `flash_attention_2/3`: the varlen kernels read `cu_seq_lens_*`/`max_length_*` (passed through to the language
   model's attention), as with TRL's own padding-free collator.
 
-Labels: the first token of every sample is `-100`, so no sample is trained to continue the previous one (as TRL
-does). Placeholders stay where they are, so the model's `masked_scatter` of tower features is unchanged.
+Rows and the token budget (`max_tokens_per_row`, the recipe's `packing_token_budget`): without a budget the whole
+batch is one row (`per_device_train_batch_size` samples back to back). With one, the batch's samples are bin-packed
+first-fit decreasing into as few rows as fit the budget (a sample longer than the budget gets a row of its own), and
+every row is filled up to the longest row with a filler tail. Why a budget: a kernel that skips masked blocks
+(flash-attention varlen) pays only for each sample's own attention, but SDPA and eager compute the block-diagonal
+mask's whole square, so one long row of a big batch costs `(batch * length)^2` attention instead of `batch *
+length^2`; a row of a few samples keeps that square small while still removing nearly all padding (see
+docs/performance.md for the measurements).
 
-Limits: a row holds exactly the batch's samples (`per_device_train_batch_size` of them): there is no bin packing to a
-token budget, so row lengths vary (`--group_by_modality_length` keeps the samples of a batch of similar length). The
-language model must build its mask with `masking_utils` from `position_ids` (the Llama, Qwen2, Gemma, Phi families
-in transformers 5.x do); mask-less custom attention implementations are not separated.
+Labels: the first token of every sample is `-100`, so no sample is trained to continue the previous one (as TRL
+does). Fillers (row tails, `pad_to_multiple_of`) are samples of their own: positions from 0, labels `-100`, so they
+change no real sample's attention or loss. Placeholders stay where they are, and media are ordered like the packed
+samples, so the model's `masked_scatter` of tower features (row-major) is unchanged.
+
+Limits: the language model must build its mask with `masking_utils` from `position_ids` (the Llama, Qwen2, Gemma,
+Phi families in transformers 5.x do); mask-less custom attention implementations are not separated.
 """
 
 from collections.abc import Sequence
@@ -36,7 +47,10 @@ import torch
 
 from ..constants import IGNORE_INDEX
 
-__all__ = ["pack_samples", "segment_lengths"]
+__all__ = ["MEDIA_KEYS", "pack_samples", "plan_rows", "segment_lengths"]
+
+# Media tensors of an encoded sample, concatenated (one entry per medium) in the order of the packed samples.
+MEDIA_KEYS = ("pixel_values", "input_features")
 
 
 def _segments(item: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -54,45 +68,99 @@ def _segments(item: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.T
     return segments
 
 
-def pack_samples(
-    encoded: Sequence[dict[str, torch.Tensor]], pad_token_id: int, pad_to_multiple_of: int | None = None
-) -> dict[str, Any]:
-    """Concatenate encoded samples (1-D `input_ids`/`labels`, as `TinyLlavaCollator.encode` returns) into one row.
+def plan_rows(lengths: Sequence[int], max_tokens_per_row: int | None = None) -> list[list[int]]:
+    """Which samples go into which row: first-fit decreasing bin packing of `lengths` into rows of at most
+    `max_tokens_per_row` tokens (all in one row when it is None).
 
-    Media tensors are not handled here: the collator concatenates them in sample order, as for padded batches.
+    A sample longer than the budget gets a row of its own (it is never split: its placeholders must stay whole).
+    Within a row the samples keep their batch order, and rows are ordered by their first sample, so the result only
+    depends on the lengths.
+    """
+    if max_tokens_per_row is None:
+        return [list(range(len(lengths)))] if len(lengths) else []
+    if max_tokens_per_row < 1:
+        raise ValueError(f"max_tokens_per_row must be >= 1, got {max_tokens_per_row}")
+    rows: list[list[int]] = []
+    room: list[int] = []
+    # Longest first (ties by index, for determinism): the big items fix the rows, the small ones fill the gaps.
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        fit = next((r for r, free in enumerate(room) if free >= lengths[index]), None)
+        if fit is None:
+            rows.append([index])
+            room.append(max_tokens_per_row - lengths[index])
+        else:
+            rows[fit].append(index)
+            room[fit] -= lengths[index]
+    return sorted((sorted(row) for row in rows), key=lambda row: row[0])
+
+
+def _filler(length: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.full((length,), pad_token_id), torch.full((length,), IGNORE_INDEX)
+
+
+def pack_samples(
+    encoded: Sequence[dict[str, torch.Tensor]],
+    pad_token_id: int,
+    pad_to_multiple_of: int | None = None,
+    max_tokens_per_row: int | None = None,
+) -> dict[str, Any]:
+    """Pack encoded samples (1-D `input_ids`/`labels` and their media, as `TinyLlavaCollator.encode` returns) into
+    rows of at most `max_tokens_per_row` tokens (one row when None).
 
     Args:
         encoded: the samples, in batch order.
-        pad_token_id: filler of the tail added by `pad_to_multiple_of`; the tail is a sample of its own (positions
-            from 0, labels `-100`), so it changes no real sample's attention or loss.
+        pad_token_id: filler of row tails; a tail is a sample of its own (positions from 0, labels `-100`), so it
+            changes no real sample's attention or loss.
         pad_to_multiple_of: round the row length up to a multiple of this.
-    """
-    segments = [segment for item in encoded for segment in _segments(item)]
-    length = sum(ids.shape[0] for ids, _ in segments)
-    if pad_to_multiple_of and length % pad_to_multiple_of:
-        pad = pad_to_multiple_of - length % pad_to_multiple_of
-        segments.append((torch.full((pad,), pad_token_id), torch.full((pad,), IGNORE_INDEX)))
+        max_tokens_per_row: the token budget of a row (see `plan_rows`).
 
-    lengths = [ids.shape[0] for ids, _ in segments]
-    labels = []
-    for _, segment_labels in segments:
-        segment_labels = segment_labels.clone()
-        segment_labels[0] = IGNORE_INDEX  # would be predicted from the previous sample's last token
-        labels.append(segment_labels)
+    Returns:
+        The packed batch (module docs), with `pixel_values` / `input_features` concatenated in packed order when
+        any sample has them.
+    """
+    rows = plan_rows([item["input_ids"].shape[0] for item in encoded], max_tokens_per_row)
+    width = max(sum(encoded[i]["input_ids"].shape[0] for i in row) for row in rows)
+    if pad_to_multiple_of and width % pad_to_multiple_of:
+        width += pad_to_multiple_of - width % pad_to_multiple_of
+
+    input_ids, labels, position_ids, lengths = [], [], [], []
+    for row in rows:
+        segments = [segment for i in row for segment in _segments(encoded[i])]
+        used = sum(ids.shape[0] for ids, _ in segments)
+        if used < width:
+            segments.append(_filler(width - used, pad_token_id))
+        row_labels = []
+        for _, segment_labels in segments:
+            segment_labels = segment_labels.clone()
+            segment_labels[0] = IGNORE_INDEX  # would be predicted from the previous sample's last token
+            row_labels.append(segment_labels)
+        input_ids.append(torch.cat([ids for ids, _ in segments]))
+        labels.append(torch.cat(row_labels))
+        position_ids.append(torch.cat([torch.arange(ids.shape[0]) for ids, _ in segments]))
+        lengths += [ids.shape[0] for ids, _ in segments]
+
+    # Boundaries over the rows read one after the other: flash-attention's varlen path flattens the batch the same way.
     cu_seq_lens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    return {
-        "input_ids": torch.cat([ids for ids, _ in segments]).unsqueeze(0).long(),
-        "labels": torch.cat(labels).unsqueeze(0).long(),
-        "position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0),
+    batch: dict[str, Any] = {
+        "input_ids": torch.stack(input_ids).long(),
+        "labels": torch.stack(labels).long(),
+        "position_ids": torch.stack(position_ids),
         "cu_seq_lens_q": cu_seq_lens,
         "cu_seq_lens_k": cu_seq_lens,
         "max_length_q": max(lengths),
         "max_length_k": max(lengths),
         "use_cache": False,
     }
+    order = [i for row in rows for i in row]
+    for key in MEDIA_KEYS:  # the model scatters media row-major: they follow the packed order
+        tensors = [encoded[i][key] for i in order if key in encoded[i]]
+        if tensors:
+            batch[key] = torch.cat(tensors)
+    return batch
 
 
 def segment_lengths(position_ids: torch.Tensor) -> list[int]:
-    """Lengths of the samples of a packed row, read back from its position ids (a new sample starts at position 0)."""
+    """Lengths of the samples of packed rows (read one after the other), from their position ids (a new sample starts
+    at position 0)."""
     starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
     return [end - start for start, end in zip(starts, [*starts[1:], position_ids.numel()])]

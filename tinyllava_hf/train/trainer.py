@@ -5,9 +5,11 @@
 Arguments are parsed by `trl.TrlParser` (YAML recipe, then command-line overrides). The trainer always runs with
 our collator, `remove_unused_columns=False` and `dataset_kwargs={"skip_prepare_dataset": True}`, the setup TRL
 documents for custom vision-language collators. TRL refuses its `padding_free` for vision datasets, so our collator
-does it instead (`tinyllava_hf.train.packing`: one row per batch, position ids restarting per sample); TRL's
+does it instead (`tinyllava_hf.train.packing`: rows filled up to `packing_token_budget` tokens, position ids
+restarting per sample); TRL's
 `packing` (dataset-level bin packing) is rejected. `--group_by_modality_length` samples single-modality,
-length-grouped batches (`tinyllava_hf.train.sampler`).
+length-grouped batches (`tinyllava_hf.train.sampler`). `--cache_vision_features` reuses a frozen tower's
+features across epochs (`tinyllava_hf.train.feature_cache`).
 
 The final model (or LoRA adapter) and processor are saved in `output_dir`, loadable with
 `AutoModelForImageTextToText` / `AutoProcessor` and `trust_remote_code=True`. A LoRA run on a model built from parts
@@ -37,6 +39,7 @@ from .build import load_training_start
 from .checkpoints import checkpoint_problem, last_complete_checkpoint
 from .collator import NothingToTrainError, OverlengthError, TinyLlavaCollator, filter_overlength
 from .data import BadSampleError, DataFileError, load_dataset_files
+from .feature_cache import TowerNotFrozenError, enable_vision_feature_cache
 from .inputs import TrainInputError, check_train_argv, check_train_paths
 from .sampler import ModalityLengthGroupedSampler, add_length_columns
 from .tune import apply_tune_modes, restore_trainable_dtypes
@@ -199,7 +202,10 @@ def run_training(
         # ZeRO-3 gathers tower weights collectively: every rank must run every tower at every step.
         dummy_media=is_deepspeed_zero3_enabled(),
         packing=packing,
+        max_tokens_per_row=data_args.packing_token_budget,
     )
+    if data_args.packing_token_budget is not None and not packing:
+        raise TrainInputError("packing_token_budget applies to padding-free packing: add padding_free: true.")
     datasets = {}
     for split, paths in (("train", data_args.data_path), ("eval", data_args.eval_data_path)):
         if not paths:
@@ -220,6 +226,8 @@ def run_training(
         )
 
     model = apply_tune_modes(model, model_args)
+    if model_args.cache_vision_features:
+        enable_vision_feature_cache(model, cache_dir=model_args.vision_feature_cache_dir)
     trainable_dtypes = {name: param.dtype for name, param in model.named_parameters() if param.requires_grad}
     trainer = TinyLlavaSFTTrainer(
         model=model,
@@ -312,6 +320,7 @@ USER_ERRORS = (
     OverlengthError,
     NothingToTrainError,
     ModelLoadError,
+    TowerNotFrozenError,
 )
 
 
