@@ -329,22 +329,15 @@ def checkpoint_card_info(
     )
 
 
-def write_checkpoint_card(
-    model_dir: str | os.PathLike,
-    origin: str,
-    training_stages: list[TrainingStage] | None = None,
-    base_model: list[str] | None = None,
-    datasets: list[str] | None = None,
-    tags: list[str] | None = None,
-) -> Path:
+def write_checkpoint_card(model_dir: str | os.PathLike, origin: str, **details) -> Path:
     """Write the project's card for a checkpoint that a command (train, merge-lora, convert, import-llava) produced.
 
     `origin` says in a sentence or two how it was made (the recipe and stage, or the converted source), and is shown
     as the card's training summary; everything else comes from the checkpoint. No evaluation is claimed: the
-    evaluation section says none was recorded until a measured result is added.
+    evaluation section says none was recorded until a measured result is added. `details` are
+    `checkpoint_card_info`'s keywords (training_stages, base_model, datasets, tags).
     """
-    info = checkpoint_card_info(model_dir, origin, training_stages, base_model, datasets, tags)
-    return write_model_card(model_dir, info)
+    return write_model_card(model_dir, checkpoint_card_info(model_dir, origin, **details))
 
 
 # The quick start's loading calls: `from_pretrained("<id>"` with either quote.
