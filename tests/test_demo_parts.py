@@ -281,6 +281,10 @@ def test_tokenizer_keeps_prompts_short_and_answers_separate(parts):
     assert len(prompt_ids) <= 12
     for word in (*COLORS, *SHAPES, "yes", "no"):
         assert len(tokenizer.tokenize(" " + word)) == 1, word
+    # Generated answers decode without the space they were trained with ("blue", not " blue"), prompts unchanged.
+    answer_ids = full_ids[len(prompt_ids) :]
+    assert tokenizer.decode(answer_ids, skip_special_tokens=True) == answer
+    assert tokenizer.decode(full_ids, skip_special_tokens=True) == full.replace("</s>", "").replace("<image>", "")
 
 
 def test_tokenizer_pieces_of_natural_questions_all_occur_in_training(parts, train_questions):

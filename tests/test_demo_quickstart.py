@@ -26,6 +26,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 FINETUNE_STEPS = 400
 TEST_SAMPLE = 500  # scored questions: enough to tell a working model (0.85+) from a broken one, in seconds
 QUESTION = "What color is the shape?"
+NUM_IMAGES = 2  # of different colours; each costs two subprocesses of ~7 s
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +42,14 @@ def _python_block(markdown: str, heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
-def _test_images(count: int) -> list[tuple[str, str]]:
-    """(path, colour) of the first test images of `count` different colours, as the test questions tell them."""
+@pytest.fixture(scope="module")
+def quick_start_images() -> list[tuple[str, str]]:
+    """(path, colour) of the first test images of `NUM_IMAGES` different colours, as the test questions tell them."""
     chosen: dict[str, str] = {}
     for path, color, _ in image_labels(load_split("test")).values():
         if color and color not in chosen:
             chosen[color] = path
-        if len(chosen) == count:
+        if len(chosen) == NUM_IMAGES:
             break
     return [(path, color) for color, path in chosen.items()]
 
@@ -72,18 +74,20 @@ def test_shortened_demo_still_answers_well(demo):
     assert results["blind_accuracy"] < results["accuracy"] - 0.1  # the answers use the image
 
 
-@pytest.mark.parametrize("image, color", _test_images(2))
-def test_readme_quick_start_prints_the_colour(demo, tmp_path, image, color):
+@pytest.mark.parametrize("index", range(NUM_IMAGES))
+def test_readme_quick_start_prints_the_colour(demo, quick_start_images, tmp_path, index):
     final, _ = demo
+    image, color = quick_start_images[index]
     code = _python_block(README.read_text(), "## Quick start")
     assert f'"{QUESTION}"' in code and code.count('path = "demo_output/final"') == 1
     code = code.replace('path = "demo_output/final"', f"path = {json.dumps(str(final))}")
     assert _run(code, image, tmp_path / "run") == [color]
 
 
-@pytest.mark.parametrize("image, color", _test_images(2))
-def test_model_card_quick_start_prints_the_colour(demo, tmp_path, image, color):
+@pytest.mark.parametrize("index", range(NUM_IMAGES))
+def test_model_card_quick_start_prints_the_colour(demo, quick_start_images, tmp_path, index):
     final, _ = demo
+    image, color = quick_start_images[index]
     code = _python_block((final / "README.md").read_text(), "## Quick start")
     assert f'"{QUESTION}"' in code and '"shape.png"' in code
     repo_id = '"tinyllava-easy-vqa-demo"'

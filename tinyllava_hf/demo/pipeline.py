@@ -121,7 +121,8 @@ def plot_training(stages: dict[str, list[dict]], results: dict, path: Path) -> P
     loss_axis.set_xlabel("optimisation step")
     loss_axis.set_ylabel("training loss")
     loss_axis.set_yscale("log")
-    loss_axis.legend()
+    if loss_axis.lines:  # a run shorter than the recipes' logging interval logs no loss
+        loss_axis.legend()
     loss_axis.set_title("Training loss (pretrain, then finetune)")
     labels = [label for *_, label in EVAL_PASSES.values()]
     values = [results[name] for name in EVAL_PASSES]

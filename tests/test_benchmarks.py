@@ -1,0 +1,90 @@
+"""The benchmarks (`benchmarks/*.py`) run end to end with `--quick` and write their ratio keys; device selection and
+the MFU arithmetic work without a GPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from _common import (  # noqa: E402
+    known_peak_tflops,
+    llm_flops_per_token,
+    matmul_params,
+    mfu,
+    select_device,
+)
+
+
+def run_benchmark(name: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    command = [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--json", str(out), "--peak-tflops", "1"]
+    completed = subprocess.run(command + list(extra), capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "| " in completed.stdout  # the table
+    return json.loads(out.read_text())
+
+
+def test_inference_benchmark(tmp_path):
+    result = run_benchmark("inference", tmp_path, "--no-fast-path", "--dtypes", "float32")
+    assert result["environment"]["load_average_1min"] >= 0
+    (row,) = result["results"]
+    for key in ("ttft_ratio_b1", "ttft_ratio_b8", "decode_ratio_b1", "decode_ratio_b8", "batch8_vs_8x_batch1"):
+        assert row[key] > 0, key
+    assert row["tokens_identical"] is True
+    assert row["decode_mfu_b8"] > 0  # --peak-tflops gives CPU an MFU figure
+
+
+def test_training_benchmark(tmp_path):
+    result = run_benchmark("training", tmp_path, "--single-row")
+    assert set(result["runs"]) == {"naive", "grouped", "packed", "packed-1row"}
+    assert result["packed_vs_naive"] > 0 and result["grouped_vs_naive"] > 0
+    assert result["packed_loss_max_relative_diff"] < 1e-3
+    assert result["runs"]["packed"]["padding_fraction"] < result["runs"]["naive"]["padding_fraction"]
+    assert all(run["peak_rss_mib"] > 0 and run["mfu"] > 0 for run in result["runs"].values())
+
+
+def test_feature_cache_benchmark(tmp_path):
+    result = run_benchmark("feature_cache", tmp_path)
+    for key in ("cached_epoch_speedup", "first_epoch_ratio", "run_speedup"):
+        assert result[key] > 0, key
+    assert result["loss_max_relative_diff"] < 1e-5
+    assert result["runs"]["cached"]["cache"]["misses"] == result["runs"]["cached"]["cache"]["hits"]
+
+
+def test_known_device_peaks():
+    assert known_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert known_peak_tflops("NVIDIA H200") == 989.0
+    assert known_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert known_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert known_peak_tflops("NVIDIA L4") == 121.0
+    assert known_peak_tflops("NVIDIA L40S") == 362.0
+    assert known_peak_tflops("Some Future Accelerator") is None
+
+
+def test_mfu_arithmetic():
+    # 1e9 FLOPs per token at 1e5 tokens/s is 1e14 FLOP/s: 10% of a 1000 TFLOP/s device.
+    assert mfu(1e9, 1e5, 1000.0) == pytest.approx(0.1)
+    assert mfu(1e9, 1e5, None) is None
+    # 6N for training, 2N for inference, plus attention: 2 * 2 * layers * hidden * context per forward.
+    assert llm_flops_per_token(100, 2, 8, 10, training=False) == 2 * 100 + 2 * 2 * 8 * 10 * 2
+    assert llm_flops_per_token(100, 2, 8, 10, training=True) == 3 * (2 * 100 + 2 * 2 * 8 * 10 * 2)
+    layer = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    assert matmul_params(layer) == 12  # the Linear weight only
+
+
+def test_device_selection_on_cpu():
+    device = select_device("cpu", peak_tflops=2.5)
+    assert device.type == "cpu" and device.attention == "sdpa" and device.peak_tflops == 2.5
+    assert device.dtypes == [torch.float32, torch.bfloat16]
+    assert select_device("cpu", dtypes="bfloat16").dtypes == [torch.bfloat16]
+    assert select_device("cpu").peak_tflops is None  # no MFU on CPU unless a peak is given
+    if not torch.cuda.is_available():
+        assert select_device("auto").type == "cpu"
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            select_device("cuda")
