@@ -1,6 +1,7 @@
-"""GGUF LMs as parts (`tinyllava_hf.gguf_parts`) and the LM's own chat template as `lm` (`tinyllava_hf.lm_chat_template`):
-how `llm:` values resolve, unsupported GGUF architectures refused up front (a tiny GGUF written with `gguf.GGUFWriter`),
-and the adapted template rendering exactly like the LM's own while taking image blocks and marking answers.
+"""GGUF LMs as parts (`tinyllava_hf.gguf_parts`) and the LM's own chat template as `lm`
+(`tinyllava_hf.lm_chat_template`): how `llm:` values resolve, unsupported GGUF architectures refused up front (a tiny
+GGUF written with `gguf.GGUFWriter`), and the adapted template rendering exactly like the LM's own while taking image
+blocks and marking answers.
 
 Fast: nothing here loads SmolLM2's weights (tests/test_smollm2.py does, marked slow).
 """
@@ -147,7 +148,8 @@ def test_chatml_lm_template_takes_images_and_marks_answers():
     text, answers = render(adapted, conversation)
     system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
     assert text == (
-        system + "<|im_start|>user\n<image>\nWhat color is the shape?<|im_end|>\n<|im_start|>assistant\nred<|im_end|>\n"
+        system + "<|im_start|>user\n<image>\nWhat color is the shape?<|im_end|>\n"
+        "<|im_start|>assistant\nred<|im_end|>\n"
         "<|im_start|>user\nAnd the shape?<|im_end|>\n<|im_start|>assistant\ncircle<|im_end|>\n"
     )
     assert answers == ["red<|im_end|>", "circle<|im_end|>"]  # what the collator's labels keep
@@ -168,3 +170,13 @@ def test_other_lm_templates_get_media_blocks_only():
     # A template that already marks its answers keeps its marks.
     marked = "{% for m in messages %}{% generation %}{{ m['content'] }}{% endgeneration %}{% endfor %}"
     assert has_generation_block(adapt_lm_chat_template(marked, SPECIAL))
+
+
+def test_local_gguf_file_for_input_checks(tmp_path):
+    from tinyllava_hf.gguf_parts import local_gguf_file
+
+    path = write_gguf(tmp_path / "m.gguf", "llama")
+    assert local_gguf_file(str(path)) == path and local_gguf_file(str(tmp_path), "m.gguf") == path
+    assert local_gguf_file(str(tmp_path)) is None and local_gguf_file("org/name", "x.gguf") is None
+    with pytest.raises(FileNotFoundError):
+        local_gguf_file(str(tmp_path / "gone.gguf"))

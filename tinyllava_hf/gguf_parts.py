@@ -30,6 +30,7 @@ __all__ = [
     "check_gguf_architecture",
     "gguf_architecture",
     "gguf_chat_template",
+    "local_gguf_file",
     "resolve_llm",
     "smollm2_gguf_path",
     "supported_gguf_architectures",
@@ -94,6 +95,17 @@ def resolve_llm(llm: str | os.PathLike, gguf_file: str | None = None) -> tuple[s
         if folder.is_dir() and not (folder / gguf_file).is_file():
             raise FileNotFoundError(f"{folder} has no GGUF file {gguf_file}")
     return llm, gguf_file
+
+
+def local_gguf_file(llm: str | os.PathLike, gguf_file: str | None = None) -> Path | None:
+    """The GGUF file on disk that `llm` (+ `gguf_file`) names, or `None` for an ordinary LM or a Hub repo's GGUF.
+
+    For up-front input checks (`tinyllava-hf train`): raises like `resolve_llm` for a missing file.
+    """
+    source, name = resolve_llm(llm, gguf_file)
+    if name is None or not Path(source).expanduser().is_dir():
+        return None
+    return Path(source).expanduser() / name
 
 
 def _read_string_field(path: str | os.PathLike, key: str) -> str | None:
