@@ -1,8 +1,10 @@
 """The command line as a user meets it: every command listed once, fast and quiet `--help`, one flag style."""
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +81,22 @@ def test_demo_takes_both_spellings():
     for spelling in ("--output-dir", "--output_dir"):
         args = parser.parse_args(normalise_flags([spelling, "out"]))
         assert args.output_dir == "out"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_training_run_prints_no_warnings_of_stacks_it_does_not_use(parts, tmp_path):
+    # bitsandbytes (imported by peft, via TRL) and DeepSpeed (imported by accelerate) warn on every run unless told
+    # otherwise; a plain connector-only run uses neither.
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "debug" / "pretrain" / "config_siglip_llama.yaml"
+    command = [
+        str(Path(sys.executable).parent / "tinyllava-hf"), "train", "--config", str(recipe),
+        "--llm", str(parts["llm"]), "--vision_tower", str(parts["siglip"]), "--data_path", str(parts["pretrain"]),
+        "--image_folder", str(parts["data"]), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+    ]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "DS_ACCELERATOR"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for noise in ("gemm_4bit_forward", "Setting accelerator to CPU", "Traceback"):
+        assert noise not in result.stderr and noise not in result.stdout
+    assert f"Saved the model, processor and model card to {tmp_path / 'out'}" in result.stdout

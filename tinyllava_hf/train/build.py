@@ -20,6 +20,7 @@ when `tinyllava_hf` is imported.
 """
 
 import copy
+import importlib.util
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,6 +225,11 @@ def quantization_config_for(args: ModelArguments) -> BitsAndBytesConfig | None:
     """bitsandbytes settings for `tune_llm=qlora`: the LM's linear layers only, towers/connectors/lm_head untouched."""
     if args.tune_llm != "qlora":
         return None
+    if not torch.cuda.is_available() and importlib.util.find_spec("kernels") is None:
+        logger.info(
+            "QLoRA on CPU: bitsandbytes' optional fast 4-bit CPU kernel comes from the `kernels` package (not "
+            "installed), so the 4-bit layers use its slower built-in path."
+        )
     skip = list(NON_LLM_MODULES)
     if args.quant_bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
