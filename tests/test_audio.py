@@ -1,28 +1,31 @@
 """Audio through the processor and the model, the transformers way: chat `audio` blocks (files, arrays at any
 sampling rate), alone or with images, several per conversation, batched with left padding; and clear errors."""
 
-import inspect
+import json
 
 import numpy as np
 import pytest
 import soundfile
 import torch
 
-from tinyllava_hf.modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaModel
-from tinyllava_hf.processing_tinyllava import TinyLlavaAudioProcessor, resample_audio
+from tinyllava_hf.modeling_tinyllava import TinyLlavaForConditionalGeneration
+from tinyllava_hf.processing_tinyllava import TinyLlavaAudioProcessor, TinyLlavaProcessor, resample_audio
 from tinyllava_hf.testing_utils import random_audio, random_image, scramble, tiny_config, tiny_processor
 
 CHAT = {"tokenize": True, "return_dict": True, "return_tensors": "pt", "add_generation_prompt": True}
 LEFT_PADDED = {"processor_kwargs": {"padding": True, "padding_side": "left"}}
-MODEL_TRIMS = "feature_attention_mask" in inspect.signature(TinyLlavaModel.forward).parameters
 
 
 @pytest.fixture(scope="module")
 def model_and_processor():
+    """The model with an untrimmed processor: whole-window placeholders, the layout of processors saved before
+    `trim_audio_padding` existed (still loaded that way)."""
     config = tiny_config("llama", "siglip", "mlp2x_gelu", audio=True)
     torch.manual_seed(0)
     model = scramble(TinyLlavaForConditionalGeneration(config).eval(), std=0.5)
-    return model, tiny_processor(config)
+    processor = tiny_processor(config)
+    processor.trim_audio_padding = False
+    return model, processor
 
 
 @pytest.fixture
@@ -31,6 +34,22 @@ def trimming_processor(model_and_processor):
     processor.trim_audio_padding = True
     yield processor
     processor.trim_audio_padding = False
+
+
+def test_saved_processors_without_the_trim_setting_load_untrimmed(model_and_processor, tmp_path):
+    model, _ = model_and_processor
+    processor = tiny_processor(model.config)
+    processor.trim_audio_padding = True
+    processor.save_pretrained(tmp_path)
+    config_file = tmp_path / "processor_config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved["trim_audio_padding"] is True
+    assert TinyLlavaProcessor.from_pretrained(tmp_path).trim_audio_padding is True
+    del saved["trim_audio_padding"]  # as saved before the setting existed
+    config_file.write_text(json.dumps(saved))
+    assert TinyLlavaAudioProcessor.from_pretrained(tmp_path).trim_audio_padding is False
+    assert TinyLlavaProcessor.from_pretrained(tmp_path).trim_audio_padding is False
+    assert TinyLlavaAudioProcessor.from_pretrained(tmp_path, trim_audio_padding=True).trim_audio_padding is True
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +196,32 @@ def test_trim_setting_is_saved(model_and_processor, trimming_processor, tmp_path
     assert reloaded.trim_audio_padding is True
 
 
-@pytest.mark.skipif(not MODEL_TRIMS, reason="modeling_tinyllava.py does not take feature_attention_mask yet")
 def test_trimmed_batched_generation_equals_one_by_one(trimming_processor, model_and_processor):
     model, processor = model_and_processor
-    _batched_equals_one_by_one(model, processor, CONVERSATIONS)
+    batch = _batched_equals_one_by_one(model, processor, CONVERSATIONS)
+    with torch.no_grad():
+        kept = model(**batch).audio_hidden_states
+    assert kept.shape == (15 + 5 + 23 + 10, model.config.text_config.hidden_size)
+
+
+def test_trimmed_features_are_the_untrimmed_ones_cut(trimming_processor, model_and_processor):
+    """Trimming keeps each clip's first tokens unchanged: the encoder still sees the whole window."""
+    model, processor = model_and_processor
+    inputs = processor.apply_chat_template(CONVERSATIONS[3], **CHAT)
+    with torch.no_grad():
+        full = model.get_audio_features(inputs["input_features"])
+        trimmed = model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
+    torch.testing.assert_close(trimmed, torch.cat([full[0, :23], full[1, :10]]))
+
+
+def test_mismatched_trimmed_inputs_are_a_clear_error(trimming_processor, model_and_processor):
+    model, processor = model_and_processor
+    inputs = processor.apply_chat_template(CONVERSATIONS[0], **CHAT)
+    with torch.no_grad(), pytest.raises(ValueError, match="feature_attention_mask together"):
+        model(
+            **{key: value for key, value in inputs.items() if key != "feature_attention_mask"}
+            | {"feature_attention_mask": torch.ones_like(inputs["feature_attention_mask"])}
+        )
 
 
 @pytest.mark.parametrize(
@@ -219,3 +260,78 @@ def test_audio_block_to_vision_only_checkpoint_is_an_error(wav_file):
     processor = tiny_processor(tiny_config("llama", "siglip", "mlp2x_gelu"))
     with pytest.raises(ValueError, match="no audio tower"):
         processor.apply_chat_template(user({"type": "audio", "path": str(wav_file)}, text("Hi")), **CHAT)
+
+
+def _training_row(sample_id, wav, answer):
+    messages = [
+        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What is said?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
+    return {"id": sample_id, "messages_json": json.dumps(messages), "images": [], "audios": [str(wav)]}
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_collator_follows_the_trimming_processor(trimming_processor, model_and_processor, tmp_path, packing):
+    """Per-clip placeholder counts in the training collator: measured without decoding, carried with
+    `feature_attention_mask` (in packed order too), and accepted by the model."""
+    from tinyllava_hf.train.collator import TinyLlavaCollator
+
+    model, processor = model_and_processor
+    rows = []
+    for seed, seconds in ((0, 0.6), (1, 0.25)):
+        wav = tmp_path / f"clip{seed}.wav"
+        soundfile.write(wav, random_audio(seed, seconds), 16000, subtype="FLOAT")
+        rows.append(_training_row(f"s{seed}", wav, "a tone"))
+    collator = TinyLlavaCollator(processor, packing=packing)
+    batch = collator(rows)
+    assert sorted(batch["feature_attention_mask"].sum(-1).tolist()) == [25, 60]
+    assert count(batch, model.config.audio_token_id) == ([15 + 7] if packing else [15, 7])
+    for row in rows:
+        single = collator.encode(row)
+        assert collator.measure(row).length == single["input_ids"].shape[0]
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
+def test_collator_dummy_audio_with_the_trimming_processor(trimming_processor, model_and_processor):
+    from tinyllava_hf.train.collator import TinyLlavaCollator
+
+    model, processor = model_and_processor
+    text_row = {
+        "id": "t",
+        "messages_json": json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]),
+        "images": [],
+        "audios": [],
+    }
+    batch = TinyLlavaCollator(processor, dummy_media=True)([text_row])
+    assert batch["feature_attention_mask"].shape[0] == batch["input_features"].shape[0] == 1
+    assert count(batch, model.config.audio_token_id) == [processor.audio_token_count(10)]
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
+def test_audio_feature_cache_changes_nothing(model_and_processor, trimming_processor, monkeypatch):
+    """`TINYLLAVA_HF_AUDIO_FEATURE_CACHE=1`: log-mel features and tower outputs computed once per distinct clip,
+    equal to the uncached ones (a repeated clip, batched, trimmed)."""
+    from tinyllava_hf import modeling_tinyllava, processing_tinyllava
+
+    model, processor = model_and_processor
+    conversations = [*CONVERSATIONS, CONVERSATIONS[0]]  # 4 distinct clips, one of them twice
+    expected = processor.apply_chat_template(conversations, **CHAT, **LEFT_PADDED)
+    with torch.no_grad():
+        expected_logits = model(**expected).logits
+    monkeypatch.setenv("TINYLLAVA_HF_AUDIO_FEATURE_CACHE", "1")
+    monkeypatch.setattr(processing_tinyllava, "_FEATURE_CACHE", {})
+    monkeypatch.setattr(modeling_tinyllava, "_ENV_AUDIO_FEATURE_CACHE", {})
+    model.requires_grad_(False)
+    try:
+        for _ in range(2):  # filling, then hitting the caches
+            cached = processor.apply_chat_template(conversations, **CHAT, **LEFT_PADDED)
+            assert cached.keys() == expected.keys()
+            for key in expected:
+                assert torch.equal(cached[key], expected[key]), key
+            with torch.no_grad():
+                torch.testing.assert_close(model(**cached).logits, expected_logits)
+        assert len(processing_tinyllava._FEATURE_CACHE) == len(modeling_tinyllava._ENV_AUDIO_FEATURE_CACHE) == 4
+    finally:
+        model.requires_grad_(True)

@@ -23,6 +23,12 @@ PACKAGED_FILES = {
     "tinyllava_hf/resources/model_card_template.md": "model_card_template.md",
     "tinyllava_hf/resources/recipes/easy_vqa/pretrain/config_demo.yaml": "recipes/easy_vqa/pretrain/config_demo.yaml",
     "tinyllava_hf/resources/recipes/easy_vqa/finetune/config_demo.yaml": "recipes/easy_vqa/finetune/config_demo.yaml",
+    "tinyllava_hf/resources/recipes/easy_vqa/pretrain/config_spoken.yaml": (
+        "recipes/easy_vqa/pretrain/config_spoken.yaml"
+    ),
+    "tinyllava_hf/resources/recipes/easy_vqa/finetune/config_spoken.yaml": (
+        "recipes/easy_vqa/finetune/config_spoken.yaml"
+    ),
 }
 
 
@@ -101,7 +107,7 @@ def test_quick_demo_runs_from_the_installed_wheel(fresh_env, tmp_path):
         card = ModelCard.load({str(output / "final" / "README.md")!r})
         assert card.data.library_name == "transformers", card.data
         assert "recipes/easy_vqa/finetune/config_demo.yaml" in card.text
-        assert len(card.data.eval_results) == 2
+        assert len(card.data.eval_results) == 3  # accuracy, sentence-case accuracy, blind accuracy
         """
     )
     _run([str(fresh_env / "bin" / "python"), "-c", card], workdir)

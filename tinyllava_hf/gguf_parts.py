@@ -136,7 +136,8 @@ def supported_gguf_architectures() -> list[str]:
     """The GGUF architectures transformers' GGUF loader has config and weight mappings for."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    return sorted(GGUF_SUPPORTED_ARCHITECTURES)
+    # The mapping also has entries for the header's `general.*` and `tokenizer.*` fields, which are no architectures.
+    return sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})
 
 
 def check_gguf_architecture(path: str | os.PathLike) -> str:

@@ -10,6 +10,7 @@ Shipped as remote code: imports only torch, transformers and flat siblings.
 
 import dataclasses
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,11 @@ REMOTE_CODE_FILES = (
     "modeling_tinyllava.py",
     "processing_tinyllava.py",
 )
+# `TINYLLAVA_HF_AUDIO_FEATURE_CACHE=1` turns on the frozen audio tower's per-clip cache (`TinyLlavaModel.
+# audio_feature_cache`) for every copy of this file in the process: a checkpoint loaded with `trust_remote_code=True`
+# runs its own copy, whose class attribute a caller cannot reach before `tinyllava-hf train` loads it.
+AUDIO_FEATURE_CACHE_ENV = "TINYLLAVA_HF_AUDIO_FEATURE_CACHE"
+_ENV_AUDIO_FEATURE_CACHE: dict = {}
 # Causal LMs whose output projection has a bias (Phi-2); every other supported family has none.
 LM_HEAD_WITH_BIAS = ("phi",)
 
@@ -44,7 +50,8 @@ class TinyLlavaModelOutputWithPast(BaseModelOutputWithPast):
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_tokens, hidden_size)`, *optional*):
         Connector outputs that replaced the image placeholders.
     audio_hidden_states (`torch.FloatTensor` of shape `(num_audios, num_audio_tokens, hidden_size)`, *optional*):
-        Audio connector outputs that replaced the audio placeholders.
+        Audio connector outputs that replaced the audio placeholders; `(total_kept_tokens, hidden_size)` when
+        the clips were trimmed with `feature_attention_mask`.
     """
 
     image_hidden_states: torch.FloatTensor | None = None
@@ -147,6 +154,13 @@ class TinyLlavaPreTrainedModel(PreTrainedModel):
 class TinyLlavaModel(TinyLlavaPreTrainedModel):
     """Vision tower (+ optional auxiliary vision tower and audio tower), connectors and the LM backbone."""
 
+    # Opt-in, process-wide cache of a FROZEN audio tower's output per distinct clip (a dict; None: off), keyed by the
+    # tower object and a hash of the clip's log-mel features. A question spoken a few ways recurs thousands of times
+    # in training: the tower then runs once per distinct clip. Bypassed while the tower trains or has dropout on.
+    # Memory: `frames x d_model x 4` bytes per clip (0.4 MB for Whisper tiny at 5 s). Set it to `{}` to turn it on
+    # (or the environment variable AUDIO_FEATURE_CACHE_ENV to 1, which also reaches remote-code copies).
+    audio_feature_cache: dict | None = None
+
     def __init__(self, config: TinyLlavaConfig):
         # A bare `TinyLlavaConfig()` is a valid config object (transformers may build one) but no real model: its
         # sub-configs are transformers' defaults, a 7B Llama and a default SigLIP.
@@ -216,13 +230,51 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
             return self.connector((features, aux_features))
         return self.connector(features)
 
-    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
+    def _audio_tower_output(self, input_features: torch.FloatTensor) -> torch.FloatTensor:
+        """The audio tower's last hidden state; looked up per clip in `audio_feature_cache` when that is on."""
+        cache = TinyLlavaModel.audio_feature_cache
+        if cache is None and os.environ.get(AUDIO_FEATURE_CACHE_ENV) == "1":
+            cache = _ENV_AUDIO_FEATURE_CACHE
+        tower = self.audio_tower
+        if (
+            cache is None
+            or any(p.requires_grad for p in tower.parameters())
+            or (tower.training and (tower.config.dropout > 0 or tower.config.activation_dropout > 0))
+        ):
+            return tower(input_features, return_dict=True).last_hidden_state
+        import hashlib  # only for the opt-in cache
+
+        keys = [
+            (id(tower), tuple(row.shape), str(row.dtype), hashlib.blake2b(row.cpu().numpy().tobytes()).hexdigest())
+            for row in input_features
+        ]
+        missing = [i for i, key in enumerate(dict.fromkeys(keys)) if key not in cache]
+        if missing:
+            unique = list(dict.fromkeys(keys))
+            with torch.no_grad():
+                rows = torch.stack([input_features[keys.index(unique[i])] for i in missing])
+                outputs = tower(rows, return_dict=True).last_hidden_state
+            for i, output in zip(missing, outputs, strict=True):
+                cache[unique[i]] = output
+        return torch.stack([cache[key] for key in keys]).to(input_features.device)
+
+    def get_audio_features(
+        self,
+        input_features: torch.FloatTensor,
+        feature_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.FloatTensor:
         """Encode log-mel spectrograms into LM-space tokens.
 
         Args:
             input_features: `(num_audios, num_mel_bins, 2 * max_source_positions)`, Whisper's log-mel features.
+            feature_attention_mask: `(num_audios, frames)`, 1 on each clip's real log-mel frames (the processor's
+                `trim_audio_padding`). When given, only the tokens that cover a clip's real frames are kept (a
+                partly filled last token counts, at least one per clip), as many as the processor's
+                `audio_token_count`, so the window's padding silence never reaches the LM.
         Returns:
-            `(num_audios, config.num_audio_tokens, text_hidden_size)`.
+            `(num_audios, config.num_audio_tokens, text_hidden_size)`, or, with `feature_attention_mask`,
+            `(total_kept_tokens, text_hidden_size)`: the clips' kept tokens, clip after clip.
         """
         if self.audio_tower is None:
             raise ValueError("This model has no audio tower (config.audio_config is None) but audio input was given.")
@@ -231,12 +283,25 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
                 f"input_features must be floating-point log-mel features from the processor, got "
                 f"{input_features.dtype}: pass the audio through `processor(audio=...)`."
             )
-        hidden = self.audio_tower(input_features.to(self.audio_tower.dtype), return_dict=True).last_hidden_state
+        hidden = self._audio_tower_output(input_features.to(self.audio_tower.dtype))
         # Stack k consecutive frames into one token: k times fewer placeholders, no information dropped.
         batch, frames, width = hidden.shape
         factor = self.config.audio_downsample_factor
         hidden = hidden.reshape(batch, frames // factor, factor * width)
-        return self.audio_connector(hidden)
+        features = self.audio_connector(hidden)
+        if feature_attention_mask is None:
+            return features
+        if feature_attention_mask.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"feature_attention_mask has {feature_attention_mask.shape[0]} rows but input_features holds "
+                f"{features.shape[0]} clips: give one mask row per clip, as the processor returns them."
+            )
+        num_tokens = features.shape[1]
+        frames_per_token = input_features.shape[-1] // num_tokens
+        counts = (feature_attention_mask.sum(-1).to(features.device) + frames_per_token - 1) // frames_per_token
+        counts = counts.clamp(1, num_tokens)
+        keep = torch.arange(num_tokens, device=features.device) < counts[:, None]
+        return features[keep]
 
     def _placeholder_mask(self, input_ids: torch.LongTensor) -> torch.BoolTensor:
         token_ids = [i for i in (self.config.image_token_id, self.config.audio_token_id) if i is not None]
@@ -258,15 +323,27 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         else:
             placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
             mask = (inputs_embeds == placeholder).all(-1)
-        num_tokens, num_features = int(mask.sum()), features.shape[0] * features.shape[1]
+        num_tokens = int(mask.sum())
+        # 3-D: `(items, tokens per item, hidden)`; 2-D: trimmed audio, `(total tokens, hidden)`.
+        num_features = features.shape[0] * features.shape[1] if features.ndim == 3 else features.shape[0]
         if num_tokens != num_features:
             # TRL recognises this sentence and adds a hint about `max_length` truncating placeholders.
             label = "Image" if modality == "image" else "Audio"
+            if features.ndim == 3:
+                given = (
+                    f"{features.shape[0]} {modality}(s) give {num_features} feature vectors ({features.shape[1]} per "
+                    f"{modality}). The processor must expand each <{modality}> into exactly {features.shape[1]} "
+                    "placeholders."
+                )
+            else:
+                given = (
+                    f"the {modality} clips give {num_features} feature vectors after trimming to their "
+                    "feature_attention_mask. Pass the processor's input_ids, input_features and "
+                    "feature_attention_mask together."
+                )
             raise ValueError(
                 f"{label} features and {modality} tokens do not match: the input holds {num_tokens} <{modality}> "
-                f"placeholder tokens, but {features.shape[0]} {modality}(s) give {num_features} feature vectors "
-                f"({features.shape[1]} per {modality}). The processor must expand each <{modality}> into exactly "
-                f"{features.shape[1]} placeholders."
+                f"placeholder tokens, but {given}"
             )
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1).to(inputs_embeds.device), features)
@@ -280,6 +357,7 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> TinyLlavaModelOutputWithPast:
         r"""
@@ -287,6 +365,9 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
             One entry per `<image>` in the batch (rows without images contribute none).
         input_features (`torch.FloatTensor` of shape `(num_audios, num_mel_bins, frames)`, *optional*):
             Whisper log-mel features, one entry per `<audio>` in the batch.
+        feature_attention_mask (`torch.Tensor` of shape `(num_audios, frames)`, *optional*):
+            1 on each clip's real log-mel frames, from a processor with `trim_audio_padding`: each `<audio>` then has
+            as many placeholders as its clip needs, not a whole window (see `get_audio_features`).
         kwargs: passed to the LM backbone, including its KV cache (`past_key_values`, or `cache` from transformers
             5.24 on), so the cache argument follows the installed transformers version.
         """
@@ -305,7 +386,7 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
                 input_ids, inputs_embeds, image_features, self.config.image_token_id, "image"
             )
         if input_features is not None and input_features.shape[0] > 0:
-            audio_features = self.get_audio_features(input_features)
+            audio_features = self.get_audio_features(input_features, feature_attention_mask)
             inputs_embeds = self._scatter_features(
                 input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio"
             )
@@ -360,8 +441,19 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
     def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
         return self.model.get_image_features(pixel_values, **kwargs)
 
-    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
-        return self.model.get_audio_features(input_features, **kwargs)
+    def get_audio_features(
+        self, input_features: torch.FloatTensor, feature_attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.FloatTensor:
+        return self.model.get_audio_features(input_features, feature_attention_mask, **kwargs)
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """As GenerationMixin's, which forwards `pixel_values`/`input_features` at prefill only; so does
+        `feature_attention_mask` here (it only describes `input_features`)."""
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        first = kwargs.get("is_first_iteration")
+        if first is not None and not first and kwargs.get("use_cache", True):
+            model_inputs.pop("feature_attention_mask", None)
+        return model_inputs
 
     def forward(
         self,
@@ -374,12 +466,15 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        feature_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> TinyLlavaCausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets; `-100` is ignored. Placeholder positions are always ignored, whatever they hold.
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last N positions (0 = all).
+        feature_attention_mask (`torch.Tensor` of shape `(num_audios, frames)`, *optional*): see
+            `TinyLlavaModel.forward`.
         """
         kwargs.pop("return_dict", None)
         outputs = self.model(
@@ -390,6 +485,7 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            feature_attention_mask=feature_attention_mask,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

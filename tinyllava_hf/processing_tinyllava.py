@@ -8,12 +8,13 @@ Shipped as remote code: imports only transformers/PIL/numpy and its flat sibling
 
 import base64
 import binascii
+import hashlib
 import math
 import os
 
 import numpy as np
 from PIL import Image
-from transformers import ProcessorMixin
+from transformers import BatchFeature, ProcessorMixin
 from transformers.audio_utils import load_audio
 from transformers.image_transforms import convert_to_rgb, to_pil_image
 from transformers.image_utils import make_flat_list_of_images
@@ -21,6 +22,10 @@ from transformers.image_utils import make_flat_list_of_images
 from .constants import AUDIO_TOKEN, IMAGE_TOKEN
 
 IMAGE_ASPECT_RATIOS = ("square", "pad")
+# Opt-in per-clip log-mel cache (see `TinyLlavaAudioProcessor._cached_features`), turned on by the environment variable
+# that also turns on the model's audio tower cache.
+AUDIO_FEATURE_CACHE_ENV = "TINYLLAVA_HF_AUDIO_FEATURE_CACHE"
+_FEATURE_CACHE: dict = {}
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
@@ -266,7 +271,8 @@ class TinyLlavaAudioProcessor(TinyLlavaProcessor):
         trim_audio_padding (`bool`): expand each `<audio>` into as many placeholders as the clip's real length
             needs (`audio_token_count`), not a whole window, and return `feature_attention_mask` (1 on the clip's
             log-mel frames) with which the model keeps only those features: the padding silence of a short
-            question is then neither LM input nor sequence length. Needs a model that takes `feature_attention_mask`.
+            question is then neither LM input nor sequence length. A saved processor without the setting (saved
+            before it existed) loads with it off, the layout its model was trained on.
         Other arguments as `TinyLlavaProcessor`.
     """
 
@@ -298,6 +304,16 @@ class TinyLlavaAudioProcessor(TinyLlavaProcessor):
                 f"trim_audio_padding needs num_audio_tokens ({num_audio_tokens}) to divide the window's "
                 f"{feature_extractor.nb_max_frames} log-mel frames."
             )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As `TinyLlavaProcessor.from_pretrained`; a saved processor that predates `trim_audio_padding` keeps
+        whole-window placeholders (the layout its model was trained on)."""
+        if "trim_audio_padding" not in kwargs:
+            processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+            if "trim_audio_padding" not in processor_dict:
+                kwargs["trim_audio_padding"] = False
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
     def sampling_rate(self) -> int:
@@ -375,10 +391,31 @@ class TinyLlavaAudioProcessor(TinyLlavaProcessor):
         # The attention mask marks each clip's real log-mel frames; without trimming the encoder attends to the
         # whole window, as Whisper itself does, and the mask is not returned.
         kwargs["return_attention_mask"] = self.trim_audio_padding
-        processed, replacements = super()._process_audio(clips, sampling_rate=self.sampling_rate, **kwargs)
+        if os.environ.get(AUDIO_FEATURE_CACHE_ENV) == "1":
+            processed = self._cached_features(clips, kwargs)
+            replacements = [self.replace_audio_token(processed, audio_idx=i) for i in range(len(clips))]
+        else:
+            processed, replacements = super()._process_audio(clips, sampling_rate=self.sampling_rate, **kwargs)
         if self.trim_audio_padding:
             processed["feature_attention_mask"] = processed.pop("attention_mask")
         return processed, replacements
+
+    def _cached_features(self, clips: list[np.ndarray], kwargs: dict) -> BatchFeature:
+        """The feature extractor's output for `clips`, each clip's log-mel features computed once per process
+        (`TINYLLAVA_HF_AUDIO_FEATURE_CACHE=1`, as the model's tower cache): a training set that repeats a few
+        hundred clips thousands of times then pays the STFT once per clip. Each clip is padded to the window on its
+        own, as in a batch, so the result equals the uncached one."""
+        settings = {key: value for key, value in kwargs.items() if key != "return_tensors"}
+        settings_key = repr(sorted(settings.items(), key=lambda item: item[0]))
+        rows = []
+        for clip in clips:
+            key = (id(self.feature_extractor), settings_key, clip.shape[0], hashlib.blake2b(clip.tobytes()).digest())
+            if key not in _FEATURE_CACHE:
+                out = self.feature_extractor([clip], sampling_rate=self.sampling_rate, return_tensors="np", **settings)
+                _FEATURE_CACHE[key] = {name: value[0] for name, value in out.items()}
+            rows.append(_FEATURE_CACHE[key])
+        data = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+        return BatchFeature(data, tensor_type=kwargs.get("return_tensors"))
 
     def replace_audio_token(self, audio_inputs: dict, audio_idx: int, **kwargs) -> str:
         if not self.trim_audio_padding:

@@ -18,7 +18,28 @@ QUICK = dict(
 )
 
 
+# The spoken demo's shortened run: a small sample, two voices, a few steps.
+QUICK_SPOKEN = dict(
+    pretrain_max_steps=2,
+    finetune_max_steps=3,
+    max_train_samples=64,
+    test_limit=12,
+    eval_batch_size=12,
+    tower_pretrain_epochs=1,
+    train_voices=(("en-us", 170), ("en-gb", 150)),
+)
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.spoken:
+        from .spoken import SpokenSettings, run_spoken_demo
+
+        spoken = SpokenSettings(output_dir=Path(args.output_dir), test_limit=args.test_limit, seed=args.seed)
+        if args.quick:
+            for name, value in QUICK_SPOKEN.items():
+                setattr(spoken, name, value)
+        run_spoken_demo(spoken)
+        return 0
     from .pipeline import DemoSettings, run_demo
 
     settings = DemoSettings(output_dir=Path(args.output_dir), test_limit=args.test_limit, seed=args.seed)
@@ -48,6 +69,11 @@ def make_demo_parser(subparsers: argparse._SubParsersAction | None = None) -> ar
     parser.add_argument("--seed", type=int, default=0, help="seed of the test sample (default: %(default)s)")
     parser.add_argument(
         "--quick", action="store_true", help="a few steps and a small sample: checks the plumbing only"
+    )
+    parser.add_argument(
+        "--spoken",
+        action="store_true",
+        help="spoken easy-VQA: the questions spoken by espeak-ng, heard by Whisper tiny.en (docs/spoken_demo.md)",
     )
     parser.set_defaults(func=_demo)
     return parser

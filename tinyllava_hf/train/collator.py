@@ -14,6 +14,7 @@ dropped and counted (`on_overlength="drop"`) or raises `OverlengthError` naming 
 
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,10 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..constants import IGNORE_INDEX
 from .data import BadSampleError, load_audio, load_image
-from .packing import MEDIA_KEYS, pack_samples
+from .packing import MEDIA_KEYS, pack_samples, plan_rows
+
+# With a trimming processor (`trim_audio_padding`) each clip's real log-mel frames travel with its features.
+AUDIO_MASK_KEY = "feature_attention_mask"
 
 __all__ = ["NothingToTrainError", "OverlengthError", "SampleLayout", "TinyLlavaCollator", "filter_overlength"]
 
@@ -139,17 +143,46 @@ class TinyLlavaCollator:
         answer_starts = [start for start, end in spans[0] if end > start]
         first_char = min(answer_starts) if answer_starts else None
         expansion = {self.processor.image_token_id: self.processor.num_image_tokens}
-        if getattr(self.processor, "audio_token_id", None) is not None:
-            expansion[self.processor.audio_token_id] = self.processor.num_audio_tokens
+        audio_token_id = getattr(self.processor, "audio_token_id", None)
+        audio_counts = iter(self._audio_token_counts(example)) if audio_token_id is not None else iter(())
         length = media_end = 0
         first_target = None
         for token, (_, token_end) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
             if first_target is None and first_char is not None and token_end > first_char:
                 first_target = length
+            if token == audio_token_id:
+                length += next(audio_counts, self.processor.num_audio_tokens)
+                media_end = length
+                continue
             length += expansion.get(token, 1)
             if token in expansion:
                 media_end = length
         return SampleLayout(length=length, media_end=media_end, first_target=first_target)
+
+    def _audio_token_counts(self, example: Mapping[str, Any]) -> list[int]:
+        """Placeholders of each of `example`'s clips, in order, as the processor expands them: a whole window each,
+        or, with `trim_audio_padding`, the clip's own count (from the file header or the array length; no decoding).
+        A clip whose length cannot be read counts a whole window, an upper bound."""
+        processor = self.processor
+        audios = example.get("audios") or []
+        if not getattr(processor, "trim_audio_padding", False):
+            return [processor.num_audio_tokens] * len(audios)
+        hop = processor.feature_extractor.hop_length
+        counts = []
+        for audio in audios:
+            try:
+                if isinstance(audio, str):
+                    import soundfile
+
+                    info = soundfile.info(audio)
+                    samples = round(info.frames * self.sampling_rate / info.samplerate)
+                else:
+                    samples = len(audio)
+            except Exception:  # unreadable here: the collator reports it when it loads the clip
+                counts.append(processor.num_audio_tokens)
+                continue
+            counts.append(processor.audio_token_count(math.ceil(samples / hop)))
+        return counts
 
     # ------------------------------------------------------------------------------------------------- collating
 
@@ -228,6 +261,8 @@ class TinyLlavaCollator:
             encoded["pixel_values"] = out["pixel_values"]
         if "input_features" in out:
             encoded["input_features"] = out["input_features"]
+        if AUDIO_MASK_KEY in out:
+            encoded[AUDIO_MASK_KEY] = out[AUDIO_MASK_KEY]
         return encoded
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -249,12 +284,16 @@ class TinyLlavaCollator:
             self._add_dummy_media(encoded[0], encoded)
         if self.packing:
             # Packing may reorder samples into rows; it orders the media to match.
-            return pack_samples(encoded, self.pad_token_id, self.pad_to_multiple_of, self.max_tokens_per_row)
-        result = self._pad(encoded)
+            result = pack_samples(encoded, self.pad_token_id, self.pad_to_multiple_of, self.max_tokens_per_row)
+            rows = plan_rows([item["input_ids"].shape[0] for item in encoded], self.max_tokens_per_row)
+            order = [encoded[i] for row in rows for i in row]
+        else:
+            result = self._pad(encoded)
+            order = encoded
         # One entry per medium in sample order: the model scatters them in that order.
-        for key in MEDIA_KEYS:
-            tensors = [item[key] for item in encoded if key in item]
-            if tensors:
+        for key in (*MEDIA_KEYS, AUDIO_MASK_KEY):
+            tensors = [item[key] for item in order if key in item]
+            if tensors and key not in result:
                 result[key] = torch.cat(tensors)
         return result
 
@@ -274,30 +313,37 @@ class TinyLlavaCollator:
             attention_mask[row, : item.get("num_attended", size)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
-    def _blank_media(self) -> dict[str, tuple[int, int, torch.Tensor]]:
-        """Per media key: (placeholder id, placeholders per item, tensor of one blank item), computed once."""
+    def _blank_media(self) -> dict[str, tuple[int, int, torch.Tensor, dict]]:
+        """Per media key: (placeholder id, placeholders per item, tensor of one blank item, extra tensors such as
+        the audio's `feature_attention_mask`), computed once."""
         if not hasattr(self, "_blank_media_cache"):
             blank = Image.new("RGB", (32, 32))
             pixels = self.processor.image_processor(images=[blank], return_tensors="pt")["pixel_values"]
-            media = {"pixel_values": (self.processor.image_token_id, self.processor.num_image_tokens, pixels)}
+            media = {"pixel_values": (self.processor.image_token_id, self.processor.num_image_tokens, pixels, {})}
             if self.sampling_rate is not None:
                 silence = np.zeros(self.sampling_rate // 10, dtype=np.float32)
-                features = self.processor.feature_extractor(
-                    silence, sampling_rate=self.sampling_rate, return_tensors="pt"
-                )["input_features"]
-                media["input_features"] = (self.processor.audio_token_id, self.processor.num_audio_tokens, features)
+                trim = getattr(self.processor, "trim_audio_padding", False)
+                out = self.processor.feature_extractor(
+                    silence, sampling_rate=self.sampling_rate, return_tensors="pt", return_attention_mask=trim
+                )
+                count, extra = self.processor.num_audio_tokens, {}
+                if trim:
+                    extra = {AUDIO_MASK_KEY: out["attention_mask"]}
+                    count = self.processor.audio_token_count(int(out["attention_mask"].sum()))
+                media["input_features"] = (self.processor.audio_token_id, count, out["input_features"], extra)
             self._blank_media_cache = media
         return self._blank_media_cache
 
     def _add_dummy_media(self, first: dict[str, torch.Tensor], encoded: list[dict[str, torch.Tensor]]) -> None:
         """Append a blank medium (and its placeholders, unattended and untrained) to `first` for each missing kind."""
         attended = first["input_ids"].shape[0]
-        for key, (token_id, count, tensor) in self._blank_media().items():
+        for key, (token_id, count, tensor, extra) in self._blank_media().items():
             if any(key in item for item in encoded):
                 continue
             first["input_ids"] = torch.cat([first["input_ids"], torch.full((count,), token_id)])
             first["labels"] = torch.cat([first["labels"], torch.full((count,), IGNORE_INDEX)])
             first[key] = tensor
+            first.update(extra)
             first["num_attended"] = attended
             self.stats[f"dummy_{key}"] += 1
 
