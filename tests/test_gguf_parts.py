@@ -8,6 +8,7 @@ Fast: nothing here loads SmolLM2's weights (tests/test_smollm2.py does, marked s
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,23 @@ def test_local_gguf_file_for_input_checks(tmp_path):
     assert local_gguf_file(str(tmp_path)) is None and local_gguf_file("org/name", "x.gguf") is None
     with pytest.raises(FileNotFoundError):
         local_gguf_file(str(tmp_path / "gone.gguf"))
+
+
+def test_train_checks_a_gguf_llm_up_front(capsys, tmp_path):
+    from tinyllava_hf.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "debug" / "pretrain" / "config_siglip_llama.yaml"
+    code = main(
+        [
+            "train",
+            "--config",
+            str(recipe),
+            "--llm",
+            str(tmp_path / "missing.gguf"),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "--llm: GGUF file" in error and "missing.gguf does not exist" in error and "Traceback" not in error

@@ -112,7 +112,8 @@ def test_every_recipe_validates_and_each_key_lands_unchanged(recipe):
 
     # Sensible values: a run that starts, trains something, and can be found afterwards.
     assert model_args.model_name_or_path or (model_args.llm and model_args.vision_tower)
-    assert model_args.template is None or model_args.template in list_chat_templates()
+    # `lm` is the LM's own chat template, kept by name beside the upstream ones.
+    assert model_args.template is None or model_args.template in (*list_chat_templates(), "lm")
     assert all(Path(path).suffix in (".json", ".jsonl") for path in data_args.data_path)
     assert training_args.learning_rate > 0 and training_args.per_device_train_batch_size >= 1
     assert training_args.max_steps > 0 or training_args.num_train_epochs > 0

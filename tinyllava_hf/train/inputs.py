@@ -91,6 +91,8 @@ def check_train_paths(model_args, data_args, training_args) -> None:
         for option in ("model_name_or_path", "llm", "vision_tower", "vision_tower_aux", "audio_tower")
     }
     for option, value in sources.items():
+        if option == "llm" and _check_gguf_llm(model_args):
+            continue
         if _check_model_folder(option, value):
             check_not_overlapping(value, training_args.output_dir, error=TrainInputError, what=f"--{option} folder")
     _check_template(model_args)
@@ -118,13 +120,23 @@ def _check_template(model_args) -> None:
         saved = os.listdir(os.path.join(checkpoint, "additional_chat_templates"))
         known += sorted(name.removesuffix(".jinja") for name in saved if name.removesuffix(".jinja") not in known)
     llm = model_args.llm
-    if llm is not None and os.path.isdir(llm) and _has_chat_template(llm) and LM_TEMPLATE_NAME not in known:
+    if llm is not None and LM_TEMPLATE_NAME not in known and _lm_has_chat_template(model_args):
         known.append(LM_TEMPLATE_NAME)
     if model_args.template not in known:
         raise TrainInputError(
             f"--template {model_args.template!r} is not a known chat template; known: {', '.join(known)}"
             f"{closest(model_args.template, known)}"
         )
+
+
+def _lm_has_chat_template(model_args) -> bool:
+    """Whether the LM part brings its own chat template (a folder's tokenizer files, or a GGUF file's metadata)."""
+    from ..gguf_parts import gguf_chat_template, local_gguf_file
+
+    gguf = local_gguf_file(model_args.llm, getattr(model_args, "llm_gguf_file", None))
+    if gguf is not None:
+        return bool(gguf_chat_template(gguf))
+    return os.path.isdir(model_args.llm) and _has_chat_template(model_args.llm)
 
 
 def _has_chat_template(folder: str) -> bool:
@@ -135,3 +147,20 @@ def _has_chat_template(folder: str) -> bool:
         return False
     with open(config, encoding="utf-8") as handle:
         return bool(json.load(handle).get("chat_template"))
+
+
+def _check_gguf_llm(model_args) -> bool:
+    """A GGUF file as the LM (`llm: x.gguf`, or a folder plus `llm_gguf_file`): check its architecture up front.
+
+    Returns whether `llm` named a local GGUF file (then it is no model folder to check)."""
+    from ..gguf_parts import check_gguf_architecture, local_gguf_file
+
+    if not model_args.llm:
+        return False
+    try:
+        path = local_gguf_file(model_args.llm, getattr(model_args, "llm_gguf_file", None))
+        if path is not None:
+            check_gguf_architecture(path)
+    except (OSError, ValueError) as error:
+        raise TrainInputError(f"--llm: {error}") from None
+    return path is not None
