@@ -148,6 +148,26 @@ def normalise_flags(argv: list[str]) -> list[str]:
     return normalised
 
 
+def quiet_optional_stacks() -> None:
+    """Silence two start-up warnings of optional stacks that third-party imports trigger on every run.
+
+    - TRL imports peft, which imports bitsandbytes, which warns that its optional CPU 4-bit kernel (fetched from the
+      Hub by the `kernels` package) is missing. bitsandbytes works without it; only QLoRA's 4-bit layers use it, and
+      `quantization_config_for` says so in one line when a run quantises.
+    - accelerate imports DeepSpeed whenever it is installed (to recognise its engines), and DeepSpeed warns that it
+      found no GPU. Where there is none, naming the CPU explicitly is the same choice without the warning.
+    """
+    import logging
+    import os
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
@@ -160,4 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    if command not in _OWN_FLAG_SPELLING:  # train does this itself, after answering its own --help
+        quiet_optional_stacks()
     return int(args.func(args) or 0)

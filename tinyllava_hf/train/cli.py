@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import command_parser
+from ..cli import command_parser, quiet_optional_stacks
 
 __all__ = ["COMMON_TRAINING_OPTIONS", "make_merge_lora_parser", "make_tiny_parts_parser", "make_train_parser"]
 
@@ -81,26 +81,6 @@ def _train(args: argparse.Namespace) -> int:
     from .trainer import main
 
     return main(argv)
-
-
-def quiet_optional_stacks() -> None:
-    """Silence two start-up warnings of optional stacks that third-party imports trigger on every run.
-
-    - TRL imports peft, which imports bitsandbytes, which warns that its optional CPU 4-bit kernel (fetched from the
-      Hub by the `kernels` package) is missing. bitsandbytes works without it; only QLoRA's 4-bit layers use it, and
-      `quantization_config_for` says so in one line when a run quantises.
-    - accelerate imports DeepSpeed whenever it is installed (to recognise its engines), and DeepSpeed warns that it
-      found no GPU. Where there is none, naming the CPU explicitly is the same choice without the warning.
-    """
-    import logging
-    import os
-
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    if "DS_ACCELERATOR" not in os.environ:
-        import torch
-
-        if not torch.cuda.is_available():
-            os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 def make_train_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
