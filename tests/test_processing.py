@@ -59,8 +59,18 @@ def test_audio_expands_to_the_models_frame_count():
         {"role": "user", "content": [{"type": "audio", "audio": random_audio(0)}, {"type": "text", "text": "Hi"}]}
     ]
     inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt")
-    assert (inputs["input_ids"] == config.audio_token_id).sum() == config.num_audio_tokens
+    # By default a clip gets the tokens its own frames need (trim_audio_padding), at most one window's.
+    frames = int(inputs["feature_attention_mask"].sum())
+    count = processor.audio_token_count(frames)
+    assert (inputs["input_ids"] == config.audio_token_id).sum() == count <= config.num_audio_tokens
     assert "pixel_values" not in inputs
+    model = TinyLlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        assert model(**inputs).audio_hidden_states.shape[0] == count
+    processor.trim_audio_padding = False  # the whole window
+    inputs = processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt")
+    assert (inputs["input_ids"] == config.audio_token_id).sum() == config.num_audio_tokens
+    assert "feature_attention_mask" not in inputs
 
 
 def test_vision_only_processor_needs_no_audio_settings(tmp_path):

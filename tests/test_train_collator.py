@@ -100,7 +100,10 @@ def test_audio_rows_get_input_features_and_ignored_placeholders(built, rows):
     assert batch["input_features"].shape == (1, 80, 100)  # one 1 s Whisper window
     assert batch["pixel_values"].shape[0] == 1
     audio = batch["input_ids"] == config.audio_token_id
-    assert audio[0].sum() == config.num_audio_tokens == 10 and not audio[1].any()
+    # The clip's own count (trim_audio_padding, the default), not the whole window's 10 tokens.
+    frames = int(batch["feature_attention_mask"][0].sum())
+    assert 0 < frames < 100 and config.num_audio_tokens == 10
+    assert audio[0].sum() == processor.audio_token_count(frames) < config.num_audio_tokens and not audio[1].any()
     assert (batch["labels"][audio] == IGNORE_INDEX).all()
     assert [processor.decode(s) for s in label_segments(batch["labels"][0])] == [" a high tone</s>"]
     with torch.no_grad():
@@ -206,7 +209,9 @@ def test_dummy_media_changes_neither_loss_nor_gradients(built, rows):
     length = plain["input_ids"].shape[1]
     tail = padded["input_ids"][0, length:]
     assert (tail == config.image_token_id).sum() == config.num_image_tokens
-    assert (tail == config.audio_token_id).sum() == config.num_audio_tokens
+    # The blank clip (0.1 s of silence) gets its own token count (trim_audio_padding, the default).
+    frames = int(padded["feature_attention_mask"].sum())
+    assert (tail == config.audio_token_id).sum() == processor.audio_token_count(frames) < config.num_audio_tokens
     assert not padded["attention_mask"][0, length:].any() and (padded["labels"][0, length:] == IGNORE_INDEX).all()
     assert dummy_collator.stats["dummy_pixel_values"] == 1
 

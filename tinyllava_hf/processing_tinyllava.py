@@ -268,11 +268,12 @@ class TinyLlavaAudioProcessor(TinyLlavaProcessor):
         feature_extractor: a `WhisperFeatureExtractor` (30 s windows of log-mel features).
         num_audio_tokens (`int`): placeholders per audio clip (`TinyLlavaConfig.num_audio_tokens`): one window.
         audio_token (`str`): the audio placeholder string in prompts.
-        trim_audio_padding (`bool`): expand each `<audio>` into as many placeholders as the clip's real length
-            needs (`audio_token_count`), not a whole window, and return `feature_attention_mask` (1 on the clip's
-            log-mel frames) with which the model keeps only those features: the padding silence of a short
-            question is then neither LM input nor sequence length. A saved processor without the setting (saved
-            before it existed) loads with it off, the layout its model was trained on.
+        trim_audio_padding (`bool`, default `True`): expand each `<audio>` into as many placeholders as the clip's
+            real length needs (`audio_token_count`), not a whole window, and return `feature_attention_mask` (1 on
+            the clip's log-mel frames) with which the model keeps only those features: the padding silence of a
+            short question is then neither LM input nor sequence length. `False` gives every clip a whole window
+            of placeholders. A saved processor without the setting (saved before it existed) loads with it off,
+            the layout its model was trained on.
         Other arguments as `TinyLlavaProcessor`.
     """
 
@@ -287,7 +288,7 @@ class TinyLlavaAudioProcessor(TinyLlavaProcessor):
         image_token: str = IMAGE_TOKEN,
         num_audio_tokens: int = 1,
         audio_token: str = AUDIO_TOKEN,
-        trim_audio_padding: bool = False,
+        trim_audio_padding: bool = True,
         **kwargs,
     ):
         self._set_image_settings(tokenizer, num_image_tokens, image_aspect_ratio, image_token)
