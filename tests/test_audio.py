@@ -323,15 +323,19 @@ def test_audio_feature_cache_changes_nothing(model_and_processor, trimming_proce
     monkeypatch.setenv("TINYLLAVA_HF_AUDIO_FEATURE_CACHE", "1")
     monkeypatch.setattr(processing_tinyllava, "_FEATURE_CACHE", {})
     monkeypatch.setattr(modeling_tinyllava, "_ENV_AUDIO_FEATURE_CACHE", {})
-    model.requires_grad_(False)
-    try:
-        for _ in range(2):  # filling, then hitting the caches
-            cached = processor.apply_chat_template(conversations, **CHAT, **LEFT_PADDED)
-            assert cached.keys() == expected.keys()
-            for key in expected:
-                assert torch.equal(cached[key], expected[key]), key
-            with torch.no_grad():
-                torch.testing.assert_close(model(**cached).logits, expected_logits)
-        assert len(processing_tinyllava._FEATURE_CACHE) == len(modeling_tinyllava._ENV_AUDIO_FEATURE_CACHE) == 4
-    finally:
-        model.requires_grad_(True)
+    # As loaded by from_pretrained: every parameter requires grad; under no_grad (generation) the cache serves.
+    assert model.model.audio_tower.layers[0].fc1.weight.requires_grad
+    for _ in range(2):  # filling, then hitting the caches
+        cached = processor.apply_chat_template(conversations, **CHAT, **LEFT_PADDED)
+        assert cached.keys() == expected.keys()
+        for key in expected:
+            assert torch.equal(cached[key], expected[key]), key
+        with torch.no_grad():
+            torch.testing.assert_close(model(**cached).logits, expected_logits)
+    assert len(processing_tinyllava._FEATURE_CACHE) == len(modeling_tinyllava._ENV_AUDIO_FEATURE_CACHE) == 4
+    # With gradients on and a trainable tower it must be bypassed: a cached output would carry no gradient.
+    modeling_tinyllava._ENV_AUDIO_FEATURE_CACHE.clear()
+    model(**cached).logits.sum().backward()
+    assert not modeling_tinyllava._ENV_AUDIO_FEATURE_CACHE
+    assert model.model.audio_tower.layers[0].fc1.weight.grad.any()
+    model.zero_grad()

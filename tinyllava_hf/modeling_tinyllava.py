@@ -236,9 +236,11 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         if cache is None and os.environ.get(AUDIO_FEATURE_CACHE_ENV) == "1":
             cache = _ENV_AUDIO_FEATURE_CACHE
         tower = self.audio_tower
+        # Bypassed whenever the tower could learn or vary: gradients flowing into it (a loaded model's parameters
+        # all require grad, so inference counts only under `torch.no_grad`/`inference_mode`) or dropout in training.
         if (
             cache is None
-            or any(p.requires_grad for p in tower.parameters())
+            or (torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters()))
             or (tower.training and (tower.config.dropout > 0 or tower.config.activation_dropout > 0))
         ):
             return tower(input_features, return_dict=True).last_hidden_state
