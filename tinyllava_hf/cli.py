@@ -49,6 +49,11 @@ COMMANDS: tuple[Command, ...] = (
         "export a checkpoint as a native transformers `llava` one",
     ),
     Command(
+        "export-gguf",
+        "tinyllava_hf.convert.cli:make_export_gguf_parser",
+        "export a checkpoint as a llama.cpp GGUF pair (language model + mmproj)",
+    ),
+    Command(
         "import-llava",
         "tinyllava_hf.convert.cli:make_import_llava_parser",
         "import a native transformers `llava` checkpoint",

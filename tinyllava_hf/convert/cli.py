@@ -4,6 +4,7 @@ Usage:
     tinyllava-hf convert SRC DST [--template NAME] [--tokenizer PATH] [--image-processor PATH] [--qformer-heads N]
     tinyllava-hf export-llava SRC DST
     tinyllava-hf import-llava SRC DST [--template NAME]
+    tinyllava-hf export-gguf SRC DST [--outtype f32|f16|q8_0] [--name NAME]
 
 Each command writes DST atomically and exits with 1 and a one-line `error: ...` on anything it cannot convert. Each
 `make_<command>_parser(subparsers=None)` follows TRL's `make_parser` pattern (see `tinyllava_hf.cli`).
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 from ..cli import command_parser
 
-__all__ = ["make_convert_parser", "make_export_llava_parser", "make_import_llava_parser"]
+__all__ = ["make_convert_parser", "make_export_gguf_parser", "make_export_llava_parser", "make_import_llava_parser"]
 
 
 def _add_src_dst(parser: argparse.ArgumentParser, src: str, dst: str) -> None:
@@ -60,6 +61,16 @@ def _export_llava(args: argparse.Namespace) -> int:
     from .llava_export import export_llava
 
     return _run(lambda: export_llava(args.src, args.dst, overwrite=args.overwrite), "wrote llava checkpoint")
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from .gguf_export import export_gguf
+
+    def action() -> str:
+        files = export_gguf(args.src, args.dst, outtype=args.outtype, name=args.name, overwrite=args.overwrite)
+        return f"{files.model} and {files.mmproj}"
+
+    return _run(action, "wrote GGUF pair")
 
 
 def _import_llava(args: argparse.Namespace) -> int:
@@ -130,4 +141,28 @@ def make_import_llava_parser(subparsers: argparse._SubParsersAction | None = Non
     _add_src_dst(parser, "llava folder", "tinyllava-hf folder to write")
     parser.add_argument("--template", help="chat template name (required when the llava processor has none)")
     parser.set_defaults(func=_import_llava)
+    return parser
+
+
+def make_export_gguf_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """`tinyllava-hf export-gguf SRC DST`: a tinyllava-hf folder -> the GGUF pair llama.cpp's libmtmd reads."""
+    parser = command_parser(
+        subparsers,
+        "export-gguf",
+        help="export a tinyllava-hf folder as a llama.cpp GGUF pair (LM + mmproj)",
+        description="Write DST/<name>-<outtype>.gguf (language model, tokenizer, chat template) and "
+        "DST/mmproj-<name>-<outtype>.gguf (SigLIP tower, feature layer, image size and normalisation, mlp2x_gelu "
+        "connector) for llama.cpp's multimodal library. What llama.cpp cannot express (other connectors and "
+        "towers, SigLIP's dropped first patch, audio, non-Llama LMs, tokenizers it splits differently) is refused "
+        "before anything is written. Details: docs/llama_cpp.md.",
+    )
+    _add_src_dst(parser, "tinyllava-hf folder", "folder to write the two .gguf files into")
+    parser.add_argument(
+        "--outtype",
+        choices=("f32", "f16", "q8_0"),
+        default="f16",
+        help="weight precision: f32, f16 (default) or q8_0 (vectors always stay f32)",
+    )
+    parser.add_argument("--name", help="base name of the files (default: SRC's folder name)")
+    parser.set_defaults(func=_export_gguf)
     return parser
