@@ -33,6 +33,9 @@ def test_results_file(demo_dir):
     for name in ("accuracy", "silent_audio_accuracy", "blank_image_accuracy", "most_frequent_answer_rate"):
         assert 0.0 <= results[name] <= 1.0
     assert results["num_questions"] == 12 and "seeded sample of 12" in results["questions"]
+    by_kind = results["accuracy_by_question_kind"]
+    assert by_kind and set(by_kind) <= {"yes/no", "shape", "color"}
+    assert all(0.0 <= value <= 1.0 for value in by_kind.values())
     assert "never heard" in results["test_voice"]
     assert {"whisper", "speech_and_data", "pretrain", "finetune", "evaluation", "total"} <= set(results["seconds"])
 
