@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     dtype_name,
     environment,
     llm_flops_per_token,
+    load_average,
     matmul_params,
     mfu,
     print_table,
@@ -136,7 +137,17 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
+def pair_ratios(results: dict, size: str) -> dict[str, list[float]]:
+    """Ours-vs-llava ratios of each back-to-back pair of calls (> 1: ours faster): their spread shows the noise."""
+    pairs = list(zip(results["ours"][size], results["llava"][size]))
+    return {
+        "ttft": [llava["ttft"] / ours["ttft"] for ours, llava in pairs],
+        "decode": [ours["decode_tokens_per_s"] / llava["decode_tokens_per_s"] for ours, llava in pairs],
+    }
+
+
 def measure_dtype(args, device: Device, folder: Path, llava_folder: Path, processor, dtype: torch.dtype) -> dict:
+    load_at_start = load_average()
     ours, llava = load_pair(folder, llava_folder, dtype, device)
     texts, images = prompts(processor, BATCH)
     singles = [encode(processor, [t], [i], device, dtype) for t, i in zip(texts, images)]
@@ -175,6 +186,7 @@ def measure_dtype(args, device: Device, folder: Path, llava_folder: Path, proces
         "decode_ratio_b8": summary["ours"]["b8"]["decode_tokens_per_s"]
         / summary["llava"]["b8"]["decode_tokens_per_s"],
         "batch8_vs_8x_batch1": eight_singles / batch_wall,
+        "pair_ratios": {size: pair_ratios(results, size) for size in ("b1", "b8")},
         "tokens_identical": True,
     }
     lm = ours.model.language_model
@@ -191,6 +203,7 @@ def measure_dtype(args, device: Device, folder: Path, llava_folder: Path, proces
 
     if args.fast_path and dtype == device.dtypes[0]:
         out["fast_path"] = measure_fast_path(args, device, ours, singles[0], batch, results["ours"])
+    out["load_average_1min"] = [round(load_at_start, 2), round(load_average(), 2)]
     del ours, llava
     return out
 
@@ -255,9 +268,13 @@ def main(argv=None) -> dict:
         export_llava(folder, llava_folder)
         results = [measure_dtype(args, device, folder, llava_folder, processor, dtype) for dtype in device.dtypes]
 
+    def spread(values: list[float]) -> str:
+        return f"{min(values):.2f}-{max(values):.2f}"
+
     rows = []
     for r in results:
         for size in ("b1", "b8"):
+            pairs = r["pair_ratios"][size]
             rows.append(
                 [
                     r["dtype"],
@@ -265,14 +282,30 @@ def main(argv=None) -> dict:
                     r["ours"][size]["ttft_s"],
                     r["llava"][size]["ttft_s"],
                     r[f"ttft_ratio_{size}"],
+                    spread(pairs["ttft"]),
                     r["ours"][size]["decode_tokens_per_s"],
                     r["llava"][size]["decode_tokens_per_s"],
                     r[f"decode_ratio_{size}"],
+                    spread(pairs["decode"]),
+                    "{} -> {}".format(*r["load_average_1min"]),
                 ]
             )
     print_table(
-        "Ours vs transformers' LlavaForConditionalGeneration (identical weights and tokens; ratio > 1: ours faster)",
-        ["dtype", "batch", "TTFT ours s", "TTFT llava s", "TTFT ratio", "decode tok/s ours", "llava", "decode ratio"],
+        "Ours vs transformers' LlavaForConditionalGeneration (identical weights and tokens; ratio > 1: ours faster; "
+        "pairs: the ratio of each back-to-back pair of calls, min-max)",
+        [
+            "dtype",
+            "batch",
+            "TTFT ours s",
+            "TTFT llava s",
+            "TTFT ratio",
+            "pairs",
+            "decode tok/s ours",
+            "llava",
+            "decode ratio",
+            "pairs",
+            "load",
+        ],
         rows,
     )
     print_table(

@@ -41,17 +41,35 @@ def test_inference_benchmark(tmp_path):
 
 
 def test_training_benchmark(tmp_path):
-    result = run_benchmark("training", tmp_path, "--single-row")
-    assert set(result["runs"]) == {"naive", "grouped", "packed", "packed-1row"}
+    result = run_benchmark("training", tmp_path, "--packed-sdpa", "--repeats", "2")
+    runs = result["runs"]
+    assert set(runs) == {"naive", "grouped", "packed", "packed-sdpa"}
     assert result["packed_vs_naive"] > 0 and result["grouped_vs_naive"] > 0
     assert result["packed_loss_max_relative_diff"] < 1e-3
-    assert result["runs"]["packed"]["padding_fraction"] < result["runs"]["naive"]["padding_fraction"]
-    assert all(run["peak_rss_mib"] > 0 and run["mfu"] > 0 for run in result["runs"].values())
+    # The default packed run is padding-free with per-sample attention; the others keep plain SDPA.
+    assert runs["packed"]["attention"] == "varlen_sdpa" and runs["packed"]["padding_fraction"] == 0
+    assert {runs[mode]["attention"] for mode in ("naive", "grouped", "packed-sdpa")} == {"sdpa"}
+    assert runs["packed-sdpa"]["padding_fraction"] < runs["naive"]["padding_fraction"]
+    assert all(len(run["tokens_per_s_all"]) == len(run["tokens_per_cpu_s_all"]) == 2 for run in runs.values())
+    assert result["packed_vs_naive_cpu"] == runs["packed"]["cpu_speedup_vs_naive"] > 0
+    assert all(run["peak_rss_mib"] > 0 and run["mfu"] > 0 for run in runs.values())
+
+
+def test_training_length_study(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "training.py"), "--quick", "--length-study"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    shares = [int(line.split("|")[-2].strip().rstrip("%")) for line in completed.stdout.splitlines() if "%" in line]
+    assert len(shares) == 8 and all(0 <= share < 100 for share in shares)
 
 
 def test_feature_cache_benchmark(tmp_path):
     result = run_benchmark("feature_cache", tmp_path)
-    for key in ("cached_epoch_speedup", "first_epoch_ratio", "run_speedup"):
+    for key in ("cached_epoch_speedup", "cached_epoch_cpu_speedup", "first_epoch_ratio", "run_speedup"):
         assert result[key] > 0, key
     assert result["loss_max_relative_diff"] < 1e-5
     assert result["runs"]["cached"]["cache"]["misses"] == result["runs"]["cached"]["cache"]["hits"]
@@ -88,3 +106,26 @@ def test_device_selection_on_cpu():
         assert select_device("auto").type == "cpu"
         with pytest.raises(SystemExit, match="no CUDA device"):
             select_device("cuda")
+
+
+def test_llama_cpp_benchmark(tmp_path):
+    import importlib.metadata
+
+    try:  # by distribution: `import llama_cpp` here would find benchmarks/llama_cpp.py, which is on sys.path
+        importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(
+            "llama-cpp-python is not installed (pip install -e .[llama-cpp]); CI installs it via the dev extra"
+        )
+    out = tmp_path / "llama_cpp.json"
+    command = [sys.executable, str(BENCHMARKS / "llama_cpp.py"), "--quick", "--json", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["speed"]) == {"pytorch", "f16", "q8_0"}
+    for engine in ("f16", "q8_0"):
+        assert result["speed"][engine]["ttft_ratio_vs_pytorch"] > 0
+        assert result["speed"][engine]["decode_ratio_vs_pytorch"] > 0
+    assert result["score"]["questions"] == 4
+    assert result["score"]["pytorch"]["same_answer_as_pytorch"] == 1
+    assert all(0 <= result["score"][engine]["accuracy"] <= 1 for engine in ("pytorch", "f16", "q8_0"))

