@@ -546,3 +546,27 @@ def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert cli(["convert", str(src), str(tmp_path / "bad"), "--template", "vicuna"]) == 1
     assert "error: Unknown TinyLLaVA chat template 'vicuna'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# Why llama.cpp (libmtmd) cannot run each upstream case as it is: every one meets at least one refusal of
+# `export-gguf`, which is checked before anything is written.
+GGUF_REFUSALS = {
+    "case1_tinyllama_siglip_mlp2x_gelu": ["drops the first patch"],
+    "case2_phi_clip_mlp2x_gelu": ["a CLIP tower", "phi LM head has a bias"],
+    "case3_qwen2_siglip_resampler": ["connector_type='resampler'", "LM 'qwen2'"],
+    "case4_tinyllama_clip_qformer": ["connector_type='qformer'", "a CLIP tower"],
+}
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_export_gguf_refuses_each_upstream_case_with_its_reasons(case_name: str, converted_root: Path, tmp_path):
+    from tinyllava_hf.convert.gguf_export import export_gguf
+
+    folder = converted_root / case_name
+    if not folder.exists():
+        _convert(case_name, folder)
+    with pytest.raises(ConversionError, match="Cannot export to GGUF") as refusal:
+        export_gguf(folder, tmp_path / "gguf", outtype="f32")
+    for reason in GGUF_REFUSALS[case_name]:
+        assert reason in str(refusal.value)
+    assert not (tmp_path / "gguf").exists()
