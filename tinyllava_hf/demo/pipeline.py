@@ -79,10 +79,10 @@ def _say(step: int, message: str) -> None:
     print(f"[demo {step}/{STEPS}] {message}", flush=True)
 
 
-def _train(stage: str, overrides: list[str]) -> None:
-    code = cli_main(["train", "--config", str(packaged_file(RECIPES[stage])), *overrides])
+def _train(stage: str, overrides: list[str], recipes: dict[str, str] = RECIPES) -> None:
+    code = cli_main(["train", "--config", str(packaged_file(recipes[stage])), *overrides])
     if code:
-        raise RuntimeError(f"training with {RECIPES[stage]} failed (exit code {code})")
+        raise RuntimeError(f"training with {recipes[stage]} failed (exit code {code})")
 
 
 def _stage_overrides(max_steps: int | None, max_samples: int | None) -> list[str]:
@@ -103,6 +103,23 @@ def _log_history(stage_dir: Path) -> list[dict]:
     return []
 
 
+def plot_losses(axis, stages: dict[str, list[dict]]) -> None:
+    """Each stage's logged training loss on one matplotlib axis, one curve per stage, steps counted across stages."""
+    offset = 0
+    for name, history in stages.items():
+        points = [(entry["step"] + offset, entry["loss"]) for entry in history if "loss" in entry]
+        if points:
+            steps, losses = zip(*points, strict=True)
+            axis.plot(steps, losses, label=name)
+            offset = steps[-1]
+    axis.set_xlabel("optimisation step")
+    axis.set_ylabel("training loss")
+    axis.set_yscale("log")
+    if axis.lines:  # a run shorter than the recipes' logging interval logs no loss
+        axis.legend()
+    axis.set_title("Training loss (pretrain, then finetune)")
+
+
 def plot_training(stages: dict[str, list[dict]], results: dict, path: Path) -> Path:
     """Training loss of each stage (one curve, steps counted across stages) and the two accuracies, as a PNG."""
     import matplotlib
@@ -111,19 +128,7 @@ def plot_training(stages: dict[str, list[dict]], results: dict, path: Path) -> P
     import matplotlib.pyplot as plt
 
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
-    offset = 0
-    for name, history in stages.items():
-        points = [(entry["step"] + offset, entry["loss"]) for entry in history if "loss" in entry]
-        if points:
-            steps, losses = zip(*points, strict=True)
-            loss_axis.plot(steps, losses, label=name)
-            offset = steps[-1]
-    loss_axis.set_xlabel("optimisation step")
-    loss_axis.set_ylabel("training loss")
-    loss_axis.set_yscale("log")
-    if loss_axis.lines:  # a run shorter than the recipes' logging interval logs no loss
-        loss_axis.legend()
-    loss_axis.set_title("Training loss (pretrain, then finetune)")
+    plot_losses(loss_axis, stages)
     labels = [label for *_, label in EVAL_PASSES.values()]
     values = [results[name] for name in EVAL_PASSES]
     bars = accuracy_axis.bar(labels, values, color=["tab:green", "tab:olive", "tab:gray"])
