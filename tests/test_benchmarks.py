@@ -1,6 +1,7 @@
 """The benchmarks (`benchmarks/*.py`) run end to end with `--quick` and write their ratio keys; device selection and
 the MFU arithmetic work without a GPU."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,15 +11,28 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
 
-from _common import (  # noqa: E402
-    known_peak_tflops,
-    llm_flops_per_token,
-    matmul_params,
-    mfu,
-    select_device,
-)
+
+def _load_common():
+    """benchmarks/_common.py as a module, without putting benchmarks/ on sys.path: its `llama_cpp.py` would then
+    shadow the real `llama_cpp` package for every later test in this process."""
+    spec = importlib.util.spec_from_file_location("tinyllava_benchmarks_common", BENCHMARKS / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_common = _load_common()
+known_peak_tflops = _common.known_peak_tflops
+llm_flops_per_token = _common.llm_flops_per_token
+matmul_params = _common.matmul_params
+mfu = _common.mfu
+select_device = _common.select_device
+
+
+def test_benchmarks_folder_does_not_shadow_packages():
+    assert str(BENCHMARKS) not in sys.path
 
 
 def run_benchmark(name: str, tmp_path: Path, *extra: str) -> dict:
