@@ -47,7 +47,7 @@ from ..hub import (
 )
 from .data import image_captions, load_split
 from .parts import DemoPartsSpec, save_parts
-from .pipeline import _log_history, _stage_overrides
+from .pipeline import _log_history, _stage_overrides, plot_losses
 
 RECIPES = {
     "pretrain": "recipes/easy_vqa/pretrain/config_spoken.yaml",
@@ -267,19 +267,7 @@ def plot_spoken(stages: dict[str, list[dict]], results: dict, path: Path) -> Pat
     import matplotlib.pyplot as plt
 
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
-    offset = 0
-    for name, history in stages.items():
-        points = [(entry["step"] + offset, entry["loss"]) for entry in history if "loss" in entry]
-        if points:
-            steps, losses = zip(*points, strict=True)
-            loss_axis.plot(steps, losses, label=name)
-            offset = steps[-1]
-    loss_axis.set_xlabel("optimisation step")
-    loss_axis.set_ylabel("training loss")
-    loss_axis.set_yscale("log")
-    if loss_axis.lines:
-        loss_axis.legend()
-    loss_axis.set_title("Training loss (pretrain, then finetune)")
+    plot_losses(loss_axis, stages)
     names = {"accuracy": "speech", "silent_audio_accuracy": "silence", "blank_image_accuracy": "blank\nimage"}
     bars = accuracy_axis.bar(list(names.values()), [results[n] for n in names], color=["tab:green", "tab:gray", "c"])
     accuracy_axis.bar_label(bars, fmt="%.3f")
