@@ -325,6 +325,11 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def setup(args: argparse.Namespace) -> Device:
+    from tinyllava_hf.cli import quiet_optional_stacks
+
+    # What `tinyllava-hf` does for every command: no DeepSpeed "Setting accelerator to CPU" (it is imported with
+    # accelerate; naming the CPU is the choice it would make) and no bitsandbytes CPU-kernel warning.
+    quiet_optional_stacks()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device, args.peak_tflops, args.dtypes)

@@ -1,5 +1,6 @@
 """The command line as a user meets it: every command listed once, fast and quiet `--help`, one flag style."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyllava_hf.cli import COMMANDS, COMMANDS_BY_NAME, main, normalise_flags
+from tinyllava_hf.cli import COMMANDS, COMMANDS_BY_NAME, main, normalise_flags, reports_user_errors
 
 HELP_SECONDS = 1.5
 # What a command's --help must not import: the heavy stacks load only when a command runs.
@@ -59,6 +60,63 @@ def test_unknown_command_is_one_line_naming_the_commands(capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "unknown command 'trian'" in error and "train" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            ["export-gguf", "src", "dst", "--out-type", "f32"],
+            "tinyllava-hf export-gguf: error: unrecognized arguments: --out-type (did you mean --outtype?) f32",
+        ),
+        (
+            ["push", "dir", "org/name", "--dryrun"],
+            "tinyllava-hf push: error: unrecognized arguments: --dryrun (did you mean --dry-run?)",
+        ),
+        (  # a subcommand of a subcommand, and an `--option=value`
+            ["eval", "easy-vqa", "--output-dir", "out", "--lmit=3"],
+            "tinyllava-hf eval easy-vqa: error: unrecognized arguments: --lmit=3 (did you mean --limit?)",
+        ),
+        (["--verison"], "tinyllava-hf: error: unrecognized arguments: --verison (did you mean --version?)"),
+        (
+            ["export-gguf", "src", "dst", "--zzzzzz"],
+            "tinyllava-hf export-gguf: error: unrecognized arguments: --zzzzzz",
+        ),  # nothing close: no suggestion
+    ],
+    ids=lambda value: value[0] if isinstance(value, list) else None,
+)
+def test_misspelt_option_names_the_closest_one(capsys, argv, line):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.splitlines()[-1] == line
+    assert "Traceback" not in error
+
+
+def test_a_stand_alone_command_parser_suggests_too(capsys):
+    from tinyllava_hf.convert.cli import make_export_gguf_parser
+
+    with pytest.raises(SystemExit):
+        make_export_gguf_parser().parse_args(["src", "dst", "--nmae", "x"])
+    assert capsys.readouterr().err.splitlines()[-1].endswith("--nmae (did you mean --name?) x")
+
+
+def test_reports_user_errors_prints_one_line_and_returns_1(capsys):
+    @reports_user_errors(OSError, prefix="pushing to {repo_id} failed")
+    @reports_user_errors(ValueError, "no.such.module:AnError")
+    def command(args):
+        raise args.error
+
+    args = argparse.Namespace(repo_id="org/name", error=ValueError("bad value\nsecond line"))
+    assert command(args) == 1
+    assert capsys.readouterr().err == "error: bad value\n"
+    args.error = ConnectionError("")
+    assert command(args) == 1
+    assert capsys.readouterr().err == "error: pushing to org/name failed: ConnectionError\n"
+    args.error = KeyError("a bug")  # not a user error: its traceback is wanted
+    with pytest.raises(KeyError):
+        command(args)
 
 
 @pytest.mark.parametrize(

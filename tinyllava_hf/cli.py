@@ -11,14 +11,18 @@ arguments and returns an exit code. Only the module of the command being run is 
 and optional stacks (trl, deepspeed, bitsandbytes, matplotlib) load only when a command uses them.
 
 Flags are spelt with dashes (`--output-dir`); the underscore spelling (`--output_dir`, as TRL and transformers write
-their own options) is accepted by every command too.
+their own options) is accepted by every command too, and a misspelt one is answered with the closest valid option.
+A command reports bad input as one `error: ...` line and exit code 1 (`reports_user_errors`), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import functools
 import importlib
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import __version__
@@ -105,6 +109,47 @@ COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
 _OWN_FLAG_SPELLING = frozenset({"train"})
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose "unrecognized arguments" error names the closest option of the command being run.
+
+    `tinyllava-hf export-gguf SRC DST --out-type f32` fails with `unrecognized arguments: --out-type (did you mean
+    --outtype?) f32`, from the command's own parser (its usage line), exit code 2 as argparse's. Subparsers added to
+    it are `CommandParser`s too (argparse's default `parser_class` is the parent's class).
+    """
+
+    def parse_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = _chosen_parser(self, namespace)
+            parser.error(f"unrecognized arguments: {_with_suggestions(parser, extras)}")
+        return namespace
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that read the end of the command line: the one whose options a user meant."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and action.dest != argparse.SUPPRESS:
+            chosen = getattr(namespace, action.dest, None)
+            if chosen in action.choices:
+                return _chosen_parser(action.choices[chosen], namespace)
+    return parser
+
+
+def _with_suggestions(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """`--out-type f32` -> `--out-type (did you mean --outtype?) f32`: each unknown option, then its closest match."""
+    options = sorted(parser._option_string_actions)
+    words = []
+    for arg in extras:
+        words.append(arg)
+        if len(arg) > 1 and arg[0] in parser.prefix_chars:
+            match = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if match:
+                words.append(f"(did you mean {match[0]}?)")
+    return " ".join(words)
+
+
 def command_parser(subparsers: argparse._SubParsersAction | None, name: str, **kwargs) -> argparse.ArgumentParser:
     """A command's parser, added to `subparsers` (`tinyllava-hf NAME`) or stand-alone, named the same either way.
 
@@ -114,7 +159,55 @@ def command_parser(subparsers: argparse._SubParsersAction | None, name: str, **k
     if subparsers is not None:
         return subparsers.add_parser(name, **kwargs)
     kwargs.pop("help", None)
-    return argparse.ArgumentParser(**kwargs)
+    return CommandParser(**kwargs)
+
+
+CommandFunc = Callable[[argparse.Namespace], int]
+
+
+def reports_user_errors(
+    *error_types: type[Exception] | str, prefix: str | None = None
+) -> Callable[[CommandFunc], CommandFunc]:
+    """Decorate a command's `func(args) -> int`: an error of `error_types` becomes `error: <its first line>` on stderr
+    and exit code 1, never a traceback; any other error propagates.
+
+    `error_types` are exception classes, or `"module:Class"` for one of a module the command imports lazily (kept
+    out of `--help`): it is looked up only among the imported modules, since one not imported cannot have raised.
+    `prefix` goes before the message, formatted with the command's arguments: `prefix="pushing to {repo_id} failed"`
+    prints `error: pushing to ORG/NAME failed: <message>`. Stack two decorators for two prefixes; the inner one
+    catches first.
+    """
+
+    def decorate(command: CommandFunc) -> CommandFunc:
+        @functools.wraps(command)
+        def wrapper(args: argparse.Namespace) -> int:
+            try:
+                return command(args)
+            except Exception as error:
+                if not isinstance(error, _exception_types(error_types)):
+                    raise
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                if prefix is not None:
+                    reason = f"{prefix.format_map(vars(args))}: {reason}"
+                print(f"error: {reason}", file=sys.stderr)
+                return 1
+
+        return wrapper
+
+    return decorate
+
+
+def _exception_types(error_types: Sequence[type[Exception] | str]) -> tuple[type[Exception], ...]:
+    types = []
+    for error_type in error_types:
+        if isinstance(error_type, str):
+            module_name, _, class_name = error_type.partition(":")
+            module = sys.modules.get(module_name)
+            if module is None:
+                continue
+            error_type = getattr(module, class_name)
+        types.append(error_type)
+    return tuple(types)
 
 
 def _epilog() -> str:
@@ -125,7 +218,7 @@ def _epilog() -> str:
 
 def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser, with the parser of `command` (only that one: others are not imported) added."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="tinyllava-hf",
         description="TinyLLaVA vision- and audio-language models on transformers: train, convert, evaluate, demo.",
         epilog=_epilog(),

@@ -33,11 +33,10 @@ import argparse
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import command_parser
+from .cli import command_parser, reports_user_errors
 
 MODEL_TYPE = "tinyllava"  # TinyLlavaConfig.model_type, spelt here so that checking a folder imports no torch
 CARD = "README.md"
@@ -465,30 +464,24 @@ def push_checkpoint(
     )
 
 
+@reports_user_errors(OSError, prefix="pushing to {repo_id} failed")  # network and Hub errors (HTTP errors included)
+@reports_user_errors(CheckpointError)
 def run_push(args: argparse.Namespace) -> int:
     """The `push` command: check the folder, then print the plan (`--dry-run`) or upload it."""
-    try:
-        if args.dry_run:
-            plan = plan_push(args.model_dir, args.repo_id, base_model=args.base_model)
-            print("\n".join(plan.files))
-            print()
-            print(plan.card, end="")
-            return 0
-        commit = push_checkpoint(
-            args.model_dir,
-            args.repo_id,
-            private=args.private or None,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            base_model=args.base_model,
-        )
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # network and Hub errors (huggingface_hub's HTTP errors are OSErrors)
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        print(f"error: pushing to {args.repo_id} failed: {reason}", file=sys.stderr)
-        return 1
+    if args.dry_run:
+        plan = plan_push(args.model_dir, args.repo_id, base_model=args.base_model)
+        print("\n".join(plan.files))
+        print()
+        print(plan.card, end="")
+        return 0
+    commit = push_checkpoint(
+        args.model_dir,
+        args.repo_id,
+        private=args.private or None,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        base_model=args.base_model,
+    )
     print(f"pushed {args.model_dir} to {commit.commit_url}")
     return 0
 

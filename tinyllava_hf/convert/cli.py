@@ -13,10 +13,8 @@ Each command writes DST atomically and exits with 1 and a one-line `error: ...` 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 
-from ..cli import command_parser
+from ..cli import command_parser, reports_user_errors
 
 __all__ = ["make_convert_parser", "make_export_gguf_parser", "make_export_llava_parser", "make_import_llava_parser"]
 
@@ -27,59 +25,51 @@ def _add_src_dst(parser: argparse.ArgumentParser, src: str, dst: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
 
 
-def _run(action: Callable[[], object], done: str) -> int:
-    # Imported lazily so that `tinyllava-hf --help` stays fast.
-    from .upstream import ConversionError
-
-    try:
-        path = action()
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"{done}: {path}")
-    return 0
+# Anything a conversion cannot do (`ConversionError`, imported with the converters so that `--help` stays fast).
+_conversion_errors = reports_user_errors("tinyllava_hf.convert.upstream:ConversionError")
 
 
+@_conversion_errors
 def _convert(args: argparse.Namespace) -> int:
     from .upstream import convert_upstream
 
-    return _run(
-        lambda: convert_upstream(
-            args.src,
-            args.dst,
-            template=args.template,
-            tokenizer=args.tokenizer,
-            image_processor=args.image_processor,
-            qformer_heads=args.qformer_heads,
-            overwrite=args.overwrite,
-        ),
-        "wrote tinyllava-hf checkpoint",
+    path = convert_upstream(
+        args.src,
+        args.dst,
+        template=args.template,
+        tokenizer=args.tokenizer,
+        image_processor=args.image_processor,
+        qformer_heads=args.qformer_heads,
+        overwrite=args.overwrite,
     )
+    print(f"wrote tinyllava-hf checkpoint: {path}")
+    return 0
 
 
+@_conversion_errors
 def _export_llava(args: argparse.Namespace) -> int:
     from .llava_export import export_llava
 
-    return _run(lambda: export_llava(args.src, args.dst, overwrite=args.overwrite), "wrote llava checkpoint")
+    print(f"wrote llava checkpoint: {export_llava(args.src, args.dst, overwrite=args.overwrite)}")
+    return 0
 
 
+@_conversion_errors
 def _export_gguf(args: argparse.Namespace) -> int:
     from .gguf_export import export_gguf
 
-    def action() -> str:
-        files = export_gguf(args.src, args.dst, outtype=args.outtype, name=args.name, overwrite=args.overwrite)
-        return f"{files.model} and {files.mmproj}"
-
-    return _run(action, "wrote GGUF pair")
+    files = export_gguf(args.src, args.dst, outtype=args.outtype, name=args.name, overwrite=args.overwrite)
+    print(f"wrote GGUF pair: {files.model} and {files.mmproj}")
+    return 0
 
 
+@_conversion_errors
 def _import_llava(args: argparse.Namespace) -> int:
     from .llava_export import import_llava
 
-    return _run(
-        lambda: import_llava(args.src, args.dst, template=args.template, overwrite=args.overwrite),
-        "wrote tinyllava-hf checkpoint",
-    )
+    path = import_llava(args.src, args.dst, template=args.template, overwrite=args.overwrite)
+    print(f"wrote tinyllava-hf checkpoint: {path}")
+    return 0
 
 
 def _positive_int(value: str) -> int:

@@ -17,11 +17,10 @@ transformers and the model load only inside ``eval run``, so ``tinyllava-hf eval
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from ..cli import command_parser, reports_user_errors
 from ..easy_vqa import SPLITS, default_data_dir, write_easy_vqa_files
 from ..files import write_text_atomic
 from ..loading import DTYPES, ModelLoadError, resolve_model_source
@@ -35,18 +34,8 @@ from .tasks import TASKS, get_task, list_tasks
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report bad data, bad paths and unknown names as one ``error:`` line and exit code 1, not a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (EvalDataError, UnknownTaskError, ModelLoadError, ImportError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-
-    return wrapper
+# Bad data, bad paths, unknown names and a missing optional stack: one ``error:`` line and exit code 1.
+_user_errors = reports_user_errors(EvalDataError, UnknownTaskError, ModelLoadError, ImportError)
 
 
 def _check_inputs(files: dict[str, str | None] | None = None, folders: dict[str, str | None] | None = None) -> None:
@@ -212,10 +201,7 @@ def make_eval_parser(subparsers: argparse._SubParsersAction | None = None) -> ar
     ``func``, which takes the parsed arguments and returns an exit code.
     """
     description = "Run a benchmark, score its answers, and report results."
-    if subparsers is not None:
-        parser = subparsers.add_parser("eval", help="run, score and report benchmarks", description=description)
-    else:
-        parser = argparse.ArgumentParser(prog="tinyllava-hf eval", description=description)
+    parser = command_parser(subparsers, "eval", help="run, score and report benchmarks", description=description)
     commands = parser.add_subparsers(dest="eval_command", metavar="<command>", required=True)
     task_names = f"one of: {', '.join(list_tasks())}"
 

@@ -13,44 +13,38 @@ transformers are imported only when a command runs, never for `--help`.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..cli import command_parser
+from ..cli import command_parser, reports_user_errors
 
 __all__ = ["make_build_parser", "make_set_template_parser"]
 
 
+@reports_user_errors(ValueError, OSError)  # bad names, missing or unreadable parts, an output in the way
 def _build(args: argparse.Namespace) -> int:
     from transformers import set_seed
 
-    from ..files import OutputExistsError
     from .arguments import ModelArguments
     from .build import build_checkpoint
 
-    try:
-        model_args = ModelArguments(
-            llm=args.llm,
-            llm_gguf_file=args.llm_gguf_file,
-            vision_tower=args.vision_tower,
-            vision_tower_aux=args.vision_tower_aux,
-            audio_tower=args.audio_tower,
-            connector=args.connector,
-            audio_connector=args.audio_connector,
-            connector_num_queries=args.connector_num_queries,
-            vision_feature_layer=args.vision_feature_layer,
-            vision_feature_select_strategy=args.vision_feature_select_strategy,
-            audio_downsample_factor=args.audio_downsample_factor,
-            template=args.template,
-            image_aspect_ratio=args.image_aspect_ratio,
-            dtype=args.dtype,
-        )
-        # `tinyllava-hf train` seeds before building too: with the same seed both start from the same connector.
-        set_seed(args.seed)
-        build_checkpoint(model_args, args.out_dir, overwrite=args.overwrite)
-    except (ValueError, OSError, OutputExistsError) as error:  # bad names, missing or unreadable parts
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"error: {reason}", file=sys.stderr)
-        return 1
+    model_args = ModelArguments(
+        llm=args.llm,
+        llm_gguf_file=args.llm_gguf_file,
+        vision_tower=args.vision_tower,
+        vision_tower_aux=args.vision_tower_aux,
+        audio_tower=args.audio_tower,
+        connector=args.connector,
+        audio_connector=args.audio_connector,
+        connector_num_queries=args.connector_num_queries,
+        vision_feature_layer=args.vision_feature_layer,
+        vision_feature_select_strategy=args.vision_feature_select_strategy,
+        audio_downsample_factor=args.audio_downsample_factor,
+        template=args.template,
+        image_aspect_ratio=args.image_aspect_ratio,
+        dtype=args.dtype,
+    )
+    # `tinyllava-hf train` seeds before building too: with the same seed both start from the same connector.
+    set_seed(args.seed)
+    build_checkpoint(model_args, args.out_dir, overwrite=args.overwrite)
     print(f"Stage-0 checkpoint (model, processor, remote code, card) written to {args.out_dir}")
     return 0
 
@@ -103,14 +97,11 @@ def make_build_parser(subparsers: argparse._SubParsersAction | None = None) -> a
     return parser
 
 
+@reports_user_errors(ValueError, OSError)
 def _set_template(args: argparse.Namespace) -> int:
     from .build import set_default_template
 
-    try:
-        names = set_default_template(args.model_dir, args.name)
-    except (ValueError, OSError) as error:
-        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
+    names = set_default_template(args.model_dir, args.name)
     print(f"{args.model_dir}: default chat template is now {args.name!r} (named templates: {', '.join(names)})")
     return 0
 

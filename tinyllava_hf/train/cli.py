@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import command_parser, quiet_optional_stacks
+from ..cli import command_parser, quiet_optional_stacks, reports_user_errors
 
 __all__ = ["COMMON_TRAINING_OPTIONS", "make_merge_lora_parser", "make_tiny_parts_parser", "make_train_parser"]
 
@@ -102,17 +102,11 @@ def make_train_parser(subparsers: argparse._SubParsersAction | None = None) -> a
     return parser
 
 
+@reports_user_errors("tinyllava_hf.train.merge:MergeError", "tinyllava_hf.loading:ModelLoadError")
 def _merge_lora(args: argparse.Namespace) -> int:
-    from ..loading import ModelLoadError
-    from .merge import MergeError, merge_lora
+    from .merge import merge_lora
 
-    try:
-        merge_lora(
-            args.adapter_dir, args.out_dir, base_model=args.base_model, dtype=args.dtype, overwrite=args.overwrite
-        )
-    except (MergeError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    merge_lora(args.adapter_dir, args.out_dir, base_model=args.base_model, dtype=args.dtype, overwrite=args.overwrite)
     print(f"Merged checkpoint written to {args.out_dir}")
     return 0
 
@@ -135,15 +129,12 @@ def make_merge_lora_parser(subparsers: argparse._SubParsersAction | None = None)
     return parser
 
 
+@reports_user_errors("tinyllava_hf.files:OutputExistsError")
 def _tiny_parts(args: argparse.Namespace) -> int:
-    from ..files import OutputExistsError, check_destination
+    from ..files import check_destination
     from .tiny_parts import save_tiny_parts
 
-    try:
-        check_destination(args.out_dir, args.overwrite)
-    except OutputExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    check_destination(args.out_dir, args.overwrite)
     for name, path in save_tiny_parts(args.out_dir, seed=args.seed).items():
         print(f"{name:13s} {path}")
     return 0
