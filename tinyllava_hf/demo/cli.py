@@ -49,6 +49,15 @@ QUICK_SMOLLM2 = dict(
 )
 
 
+def _settings(settings_class, args: argparse.Namespace, quick: dict):
+    """A demo's settings from the command line; `--quick` then applies that demo's shortened run (`quick`)."""
+    settings = settings_class(output_dir=Path(args.output_dir), test_limit=args.test_limit, seed=args.seed)
+    if args.quick:
+        for name, value in quick.items():
+            setattr(settings, name, value)
+    return settings
+
+
 def _demo(args: argparse.Namespace) -> int:
     if args.llm == "smollm2":
         if args.spoken:
@@ -63,28 +72,16 @@ def _demo(args: argparse.Namespace) -> int:
             return 1
         from .smollm2 import SmolLM2Settings, run_smollm2_demo
 
-        smollm2 = SmolLM2Settings(output_dir=Path(args.output_dir), test_limit=args.test_limit, seed=args.seed)
-        if args.quick:
-            for name, value in QUICK_SMOLLM2.items():
-                setattr(smollm2, name, value)
-        run_smollm2_demo(smollm2)
+        run_smollm2_demo(_settings(SmolLM2Settings, args, QUICK_SMOLLM2))
         return 0
     if args.spoken:
         from .spoken import SpokenSettings, run_spoken_demo
 
-        spoken = SpokenSettings(output_dir=Path(args.output_dir), test_limit=args.test_limit, seed=args.seed)
-        if args.quick:
-            for name, value in QUICK_SPOKEN.items():
-                setattr(spoken, name, value)
-        run_spoken_demo(spoken)
+        run_spoken_demo(_settings(SpokenSettings, args, QUICK_SPOKEN))
         return 0
     from .pipeline import DemoSettings, run_demo
 
-    settings = DemoSettings(output_dir=Path(args.output_dir), test_limit=args.test_limit, seed=args.seed)
-    if args.quick:
-        for name, value in QUICK.items():
-            setattr(settings, name, value)
-    run_demo(settings)
+    run_demo(_settings(DemoSettings, args, QUICK))
     return 0
 
 

