@@ -1,7 +1,7 @@
 """Training: trained tokens/s and peak memory with naive padding, length-grouped batching and padding-free packing.
 
     python benchmarks/training.py [--quick] [--json OUT] [--steps N] [--batch-size B] [--repeats R] [--threads 1]
-                                  [--packed-sdpa] [--profile] [--answer-words W] [--answer-sigma S]
+                                  [--packed-sdpa] [--trl-head] [--profile] [--answer-words W] [--answer-sigma S]
     python benchmarks/training.py --length-study     # padding of naive batches for other answer-length mixes
 
 A LLaVA-like mix: one image per sample (a SigLIP-base image is 195 placeholders), a question, and an answer whose
@@ -16,7 +16,13 @@ trained: the finetune stage) and differs only in how batches are formed:
   GPU that has it);
 - `packed-sdpa` (`--packed-sdpa`): the naive batches bin-packed into rows of at most `--budget` tokens
   (`packing_token_budget`) through plain SDPA with transformers' block-diagonal mask, the path before
-  `varlen_sdpa`.
+  `varlen_sdpa`;
+- `naive-trl-head` (`--trl-head`): the naive batches through TRL's fused LM head as it runs where Triton does not
+  (every position projected), instead of the trainer's head on CPU (`tinyllava_hf.train.lm_head`: the labelled
+  positions only).
+
+Every run computes its loss as `tinyllava-hf train` does: through TRL's fused LM head (`fused_lm_head=True`), which
+our trainer narrows to the labelled positions on CPU.
 
 Trained tokens are the samples' real tokens (the same count in every run): tokens/s is their count over the summed
 step time (forward, backward, optimizer; collation is done before timing, identically for all), and also over the
@@ -135,7 +141,7 @@ def train_step(model, batch: dict, device, optimizer) -> tuple[float, float, int
         batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
     device.synchronize()
     start, cpu_start = time.perf_counter(), time.process_time()
-    loss = model(**batch).loss
+    loss = model(**batch, fused_lm_head=True).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -165,6 +171,22 @@ def train_run(model, batches, device, lr: float) -> dict:
         "peak_rss_delta_mib": (rss.peak - rss.start) / 2**20,
         "peak_cuda_mib": cuda_memory.get("peak_mib"),
     }
+
+
+def install_training_heads(model) -> dict:
+    """The LM heads a run can train with, set up as `tinyllava-hf train` sets them: TRL's fused head (`trl`: off
+    Triton devices it projects every position) and, where it applies (CPU), the trainer's head over the labelled
+    positions only (`labelled`). Each is a bound `forward` to put on the model."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tinyllava_hf.train.lm_head import score_supervised_positions_only, supports_supervised_only_head
+
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # what TRL's SFTTrainer asks for
+    heads = {"trl": model.forward}
+    if supports_supervised_only_head(model):
+        score_supervised_positions_only(model)
+        heads["labelled"] = model.forward
+    return heads
 
 
 def set_packed_attention(model, device, packed: bool) -> str:
@@ -207,7 +229,7 @@ def profile_step(model, batch: dict, device, lr: float) -> dict:
         tower = time.perf_counter() - start
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         start = time.perf_counter()
-        model(**batch).loss.backward()
+        model(**batch, fused_lm_head=True).loss.backward()
         forward_backward = time.perf_counter() - start
     start = time.perf_counter()
     optimizer.step()
@@ -247,6 +269,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--budget", type=int, default=None, help="packed-sdpa's row budget (1024; quick 512)")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--packed-sdpa", action="store_true", help="also run budgeted packing with SDPA masks")
+    parser.add_argument(
+        "--trl-head", action="store_true", help="also run the naive batches through TRL's head (every position)"
+    )
     parser.add_argument("--answer-words", type=float, default=20.0, help="median answer length in words")
     parser.add_argument("--answer-sigma", type=float, default=1.0, help="log-normal spread of answer lengths")
     parser.add_argument("--length-study", action="store_true", help="only print padding shares of other mixes")
@@ -281,7 +306,10 @@ def main(argv=None) -> dict:
         args.steps * args.batch_size, image_size=image_size, median_words=args.answer_words, sigma=args.answer_sigma
     )
 
+    heads = install_training_heads(model)
+    trainer_head = "labelled" if "labelled" in heads else "trl"
     modes = ["naive", "grouped", "packed"] + (["packed-sdpa"] if args.packed_sdpa else [])
+    modes += ["naive-trl-head"] if args.trl_head else []
     batches = {}
     for mode in modes:
         batches[mode] = batches_for(mode, samples, collator, args.batch_size, args.steps, budget, seed=0)
@@ -293,9 +321,11 @@ def main(argv=None) -> dict:
     for repeat in range(args.repeats):
         for mode in modes if repeat % 2 == 0 else modes[::-1]:
             attention = set_packed_attention(model, device, mode == "packed")
+            head = "trl" if mode == "naive-trl-head" else trainer_head
+            model.forward = heads[head]
             model.load_state_dict(initial)
             result = train_run(model, batches[mode][0], device, args.lr)
-            result["attention"] = attention
+            result["attention"], result["head"] = attention, head
             attempts[mode].append(result)
             tokens = batches[mode][1]
             print(
@@ -307,6 +337,7 @@ def main(argv=None) -> dict:
     if args.profile:  # after the timed runs: profiling slows the step it watches
         for mode in modes:
             set_packed_attention(model, device, mode == "packed")
+            model.forward = heads["trl" if mode == "naive-trl-head" else trainer_head]
             profiles[mode] = profile_step(model, batches[mode][0][0], device, args.lr)
         model.load_state_dict(initial)
     set_packed_attention(model, device, False)
@@ -335,8 +366,8 @@ def main(argv=None) -> dict:
 
     naive = runs["naive"]
     assert {runs[m]["tokens"] for m in modes} == {naive["tokens"]}, "the runs must train the same tokens"
-    # Same batches, padding-free: the same losses to float precision.
-    packed_modes = [m for m in modes if m.startswith("packed")]
+    # Same batches, padding-free or through the other head: the same losses to float precision.
+    packed_modes = [m for m in modes if m.startswith("packed") or m == "naive-trl-head"]
     packed_loss_diff = max(
         abs(a - b) / abs(b) for m in packed_modes for a, b in zip(runs[m]["losses"], naive["losses"])
     )
@@ -369,6 +400,7 @@ def main(argv=None) -> dict:
             [
                 mode,
                 r["attention"],
+                r["head"],
                 r["tokens_per_s"],
                 r["speedup_vs_naive"],
                 " ".join(f"{x:.2f}" for x in r["speedup_vs_naive_all"]),
@@ -387,6 +419,7 @@ def main(argv=None) -> dict:
         [
             "run",
             "LM attention",
+            "LM head",
             "tokens/s",
             "vs naive",
             "per repeat",
@@ -416,6 +449,11 @@ def main(argv=None) -> dict:
                 for mode, p in profiles.items()
             ],
         )
+    if "naive-trl-head" in runs:
+        print(
+            f"\nLM head: the trainer's ({trainer_head}) trains naive batches "
+            f"{1 / runs['naive-trl-head']['speedup_vs_naive']:.2f}x as fast as TRL's off-Triton head (every position)"
+        )
     print(
         f"\nloss agreement: packed vs naive per step {packed_loss_diff:.1e} (relative); grouped vs naive mean "
         f"{grouped_loss_diff:.2%} (tolerance {args.loss_tolerance:.0%})"
@@ -440,6 +478,9 @@ def main(argv=None) -> dict:
         "packed_vs_naive": runs["packed"]["speedup_vs_naive"],
         "packed_vs_naive_cpu": runs["packed"]["cpu_speedup_vs_naive"],
         "grouped_vs_naive": runs["grouped"]["speedup_vs_naive"],
+        "trainer_head_vs_trl_head": (
+            1 / runs["naive-trl-head"]["speedup_vs_naive"] if "naive-trl-head" in runs else None
+        ),
         "packed_loss_max_relative_diff": packed_loss_diff,
         "grouped_mean_loss_relative_diff": grouped_loss_diff,
         "train_flops_per_token": flops,

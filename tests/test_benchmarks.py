@@ -65,14 +65,17 @@ def test_inference_benchmark(tmp_path):
 
 
 def test_training_benchmark(tmp_path):
-    result = run_benchmark("training", tmp_path, "--packed-sdpa", "--repeats", "2")
+    result = run_benchmark("training", tmp_path, "--packed-sdpa", "--trl-head", "--repeats", "2")
     runs = result["runs"]
-    assert set(runs) == {"naive", "grouped", "packed", "packed-sdpa"}
+    assert set(runs) == {"naive", "grouped", "packed", "packed-sdpa", "naive-trl-head"}
+    # Every run but one uses the trainer's CPU head (labelled positions only); the losses agree with TRL's head.
+    assert {runs[mode]["head"] for mode in runs} == {"labelled", "trl"} and runs["naive-trl-head"]["head"] == "trl"
+    assert result["trainer_head_vs_trl_head"] > 0
     assert result["packed_vs_naive"] > 0 and result["grouped_vs_naive"] > 0
     assert result["packed_loss_max_relative_diff"] < 1e-3
     # The default packed run is padding-free with per-sample attention; the others keep plain SDPA.
     assert runs["packed"]["attention"] == "varlen_sdpa" and runs["packed"]["padding_fraction"] == 0
-    assert {runs[mode]["attention"] for mode in ("naive", "grouped", "packed-sdpa")} == {"sdpa"}
+    assert {runs[mode]["attention"] for mode in ("naive", "grouped", "packed-sdpa", "naive-trl-head")} == {"sdpa"}
     assert runs["packed-sdpa"]["padding_fraction"] < runs["naive"]["padding_fraction"]
     assert all(len(run["tokens_per_s_all"]) == len(run["tokens_per_cpu_s_all"]) == 2 for run in runs.values())
     assert result["packed_vs_naive_cpu"] == runs["packed"]["cpu_speedup_vs_naive"] > 0

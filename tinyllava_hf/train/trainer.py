@@ -28,6 +28,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import is_peft_model
 from torch.utils.data import Dataset, Sampler
 from transformers import set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -41,6 +42,7 @@ from .collator import NothingToTrainError, OverlengthError, TinyLlavaCollator, f
 from .data import BadSampleError, DataFileError, load_dataset_files
 from .feature_cache import TowerNotFrozenError, enable_vision_feature_cache
 from .inputs import TrainInputError, check_train_argv, check_train_paths
+from .lm_head import score_supervised_positions_only, supports_supervised_only_head
 from .sampler import ModalityLengthGroupedSampler, add_length_columns
 from .tune import apply_tune_modes, restore_trainable_dtypes
 from .varlen_attention import use_varlen_attention
@@ -81,13 +83,18 @@ def parse_train_args(argv: Sequence[str] | None = None) -> tuple[ModelArguments,
 
 
 class TinyLlavaSFTTrainer(SFTTrainer):
-    """`SFTTrainer` that adds the collator's counters (dropped / truncated / skipped samples) to every log and, with
-    `group_by_modality_length=True`, samples with `ModalityLengthGroupedSampler` (the train dataset needs the columns
-    of `add_length_columns`)."""
+    """`SFTTrainer` that adds the collator's counters (dropped / truncated / skipped samples) to every log, with
+    `group_by_modality_length=True` samples with `ModalityLengthGroupedSampler` (the train dataset needs the columns
+    of `add_length_columns`), and on CPU projects only the labelled positions through the LM head
+    (`tinyllava_hf.train.lm_head`; TRL does so only where Triton runs)."""
 
     def __init__(self, *args: Any, group_by_modality_length: bool = False, **kwargs: Any) -> None:
         self.group_by_modality_length = group_by_modality_length
         super().__init__(*args, **kwargs)
+        # The model object TRL gave its fused head (the base model under a PEFT wrapper).
+        model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        if supports_supervised_only_head(model):
+            score_supervised_positions_only(model)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
         if not self.group_by_modality_length:
