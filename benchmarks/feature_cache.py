@@ -30,7 +30,7 @@ from _common import (  # noqa: E402
     setup,
     write_json,
 )
-from training import WORDS, train_run, train_step  # noqa: E402
+from training import WORDS, install_training_heads, train_run, train_step  # noqa: E402
 
 
 def captions(count: int, seed: int = 0, image_size: int = 224) -> list[dict]:
@@ -74,6 +74,7 @@ def main(argv=None) -> dict:
     model.requires_grad_(False)
     model.model.connector.requires_grad_(True)  # stage 1: only the connector trains
     model.to(device.type, dtype)
+    install_training_heads(model)  # the loss as `tinyllava-hf train` computes it (the trainer's LM head)
     initial = copy.deepcopy(model.state_dict())
     collator = TinyLlavaCollator(processor)
     rows = captions(args.steps * args.batch_size, image_size=model.config.vision_config.image_size)

@@ -141,7 +141,10 @@ def train_step(model, batch: dict, device, optimizer) -> tuple[float, float, int
         batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
     device.synchronize()
     start, cpu_start = time.perf_counter(), time.process_time()
-    loss = model(**batch, fused_lm_head=True).loss
+    output = model(**batch, fused_lm_head=True)
+    # Without `install_training_heads` the flag would be ignored and the loss come from the full logits.
+    assert hasattr(output, "label_mask"), "install_training_heads(model) before timing steps"
+    loss = output.loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
