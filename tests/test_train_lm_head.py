@@ -97,12 +97,13 @@ def test_other_calls_keep_the_model_forward(built):
     torch.testing.assert_close(logits, reference)
 
 
-def test_only_cpu_models_with_unscaled_logits(built):
+def test_only_cpu_runs_of_models_with_unscaled_logits(built):
     model, _, _ = built
-    assert supports_supervised_only_head(model)
+    assert supports_supervised_only_head(model, torch.device("cpu"))
+    assert not supports_supervised_only_head(model, torch.device("cuda"))  # TRL's Triton head skips them there
     scaled = copy.deepcopy(model)
     scaled.config.get_text_config().logit_scale = 0.5  # TRL's head applies it; ours does not, so it stays TRL's
-    assert not supports_supervised_only_head(scaled)
+    assert not supports_supervised_only_head(scaled, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("tune_llm", ["full", "lora"])

@@ -33,11 +33,13 @@ ROWS_PER_CHUNK = 1024
 _LOGIT_SCALES = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
-def supports_supervised_only_head(model) -> bool:
-    """Whether `score_supervised_positions_only` can serve `model`: a CPU model whose logits are not rescaled."""
+def supports_supervised_only_head(model, device: torch.device) -> bool:
+    """Whether `score_supervised_positions_only` should serve `model` trained on `device`: a CPU run (on GPUs TRL's
+    Triton head already skips the unlabelled positions) of a model whose logits are not rescaled. The training
+    device, not the model's: under DeepSpeed ZeRO-3 the model still sits on the CPU when the trainer is built."""
     text_config = model.config.get_text_config()
     rescaled = any(getattr(text_config, name, None) is not None for name in _LOGIT_SCALES)
-    return model.device.type == "cpu" and not rescaled
+    return device.type == "cpu" and not rescaled
 
 
 def score_supervised_positions_only(model) -> None:

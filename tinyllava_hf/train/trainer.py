@@ -93,7 +93,7 @@ class TinyLlavaSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         # The model object TRL gave its fused head (the base model under a PEFT wrapper).
         model = self.model.get_base_model() if is_peft_model(self.model) else self.model
-        if supports_supervised_only_head(model):
+        if supports_supervised_only_head(model, self.args.device):
             score_supervised_positions_only(model)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
