@@ -16,6 +16,9 @@ import argparse
 import sys
 
 from ..cli import command_parser, quiet_optional_stacks, reports_user_errors
+from ..files import OutputExistsError
+from ..loading import ModelLoadError
+from .merge import MergeError  # light: merge_lora imports peft and transformers only when it runs
 
 __all__ = ["COMMON_TRAINING_OPTIONS", "make_merge_lora_parser", "make_tiny_parts_parser", "make_train_parser"]
 
@@ -102,7 +105,7 @@ def make_train_parser(subparsers: argparse._SubParsersAction | None = None) -> a
     return parser
 
 
-@reports_user_errors("tinyllava_hf.train.merge:MergeError", "tinyllava_hf.loading:ModelLoadError")
+@reports_user_errors(MergeError, ModelLoadError)
 def _merge_lora(args: argparse.Namespace) -> int:
     from .merge import merge_lora
 
@@ -129,7 +132,7 @@ def make_merge_lora_parser(subparsers: argparse._SubParsersAction | None = None)
     return parser
 
 
-@reports_user_errors("tinyllava_hf.files:OutputExistsError")
+@reports_user_errors(OutputExistsError)
 def _tiny_parts(args: argparse.Namespace) -> int:
     from ..files import check_destination
     from .tiny_parts import save_tiny_parts
