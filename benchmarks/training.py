@@ -129,6 +129,14 @@ def batches_for(mode: str, samples, collator, batch_size: int, steps: int, budge
     ], tokens
 
 
+def on_device(batch: dict, model, device) -> dict:
+    """`batch` on the benchmark device, its images in the model's dtype."""
+    batch = {k: v.to(device.type) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    return batch
+
+
 def train_step(model, batch: dict, device, optimizer) -> tuple[float, float, int, float]:
     """One optimizer step on `batch`: (seconds, loss, supervised tokens, CPU seconds of this process).
 
@@ -136,9 +144,7 @@ def train_step(model, batch: dict, device, optimizer) -> tuple[float, float, int
     compare runs far more steadily than wall time (with `--threads 1`: no thread spins waiting for a descheduled
     sibling). On CUDA only the wall time means anything.
     """
-    batch = {k: v.to(device.type) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    batch = on_device(batch, model, device)
     device.synchronize()
     start, cpu_start = time.perf_counter(), time.process_time()
     output = model(**batch, fused_lm_head=True)
@@ -186,10 +192,19 @@ def install_training_heads(model) -> dict:
 
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # what TRL's SFTTrainer asks for
     heads = {"trl": model.forward}
-    if supports_supervised_only_head(model):
+    if supports_supervised_only_head(model, model.device):
         score_supervised_positions_only(model)
         heads["labelled"] = model.forward
     return heads
+
+
+def set_up_run(model, device, mode: str, heads: dict) -> tuple[str, str]:
+    """The model as `mode` trains: its LM attention and LM head (`install_training_heads`); returns their names.
+    Every mode but `naive-trl-head` trains through the trainer's head (`labelled` where it applies)."""
+    attention = set_packed_attention(model, device, mode == "packed")
+    head = "trl" if mode == "naive-trl-head" or "labelled" not in heads else "labelled"
+    model.forward = heads[head]
+    return attention, head
 
 
 def set_packed_attention(model, device, packed: bool) -> str:
@@ -217,8 +232,7 @@ def profile_step(model, batch: dict, device, lr: float) -> dict:
     backward, mask creation included), the rest of forward + backward (matmuls, LM head, norms), the optimizer."""
     from torch.profiler import ProfilerActivity, profile
 
-    batch = {k: v.to(device.type) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    batch = on_device(batch, model, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
 
@@ -310,7 +324,6 @@ def main(argv=None) -> dict:
     )
 
     heads = install_training_heads(model)
-    trainer_head = "labelled" if "labelled" in heads else "trl"
     modes = ["naive", "grouped", "packed"] + (["packed-sdpa"] if args.packed_sdpa else [])
     modes += ["naive-trl-head"] if args.trl_head else []
     batches = {}
@@ -323,9 +336,7 @@ def main(argv=None) -> dict:
     attempts: dict[str, list[dict]] = {mode: [] for mode in modes}
     for repeat in range(args.repeats):
         for mode in modes if repeat % 2 == 0 else modes[::-1]:
-            attention = set_packed_attention(model, device, mode == "packed")
-            head = "trl" if mode == "naive-trl-head" else trainer_head
-            model.forward = heads[head]
+            attention, head = set_up_run(model, device, mode, heads)
             model.load_state_dict(initial)
             result = train_run(model, batches[mode][0], device, args.lr)
             result["attention"], result["head"] = attention, head
@@ -339,8 +350,7 @@ def main(argv=None) -> dict:
     profiles = {}
     if args.profile:  # after the timed runs: profiling slows the step it watches
         for mode in modes:
-            set_packed_attention(model, device, mode == "packed")
-            model.forward = heads["trl" if mode == "naive-trl-head" else trainer_head]
+            set_up_run(model, device, mode, heads)
             profiles[mode] = profile_step(model, batches[mode][0][0], device, args.lr)
         model.load_state_dict(initial)
     set_packed_attention(model, device, False)
@@ -454,7 +464,7 @@ def main(argv=None) -> dict:
         )
     if "naive-trl-head" in runs:
         print(
-            f"\nLM head: the trainer's ({trainer_head}) trains naive batches "
+            f"\nLM head: the trainer's ({runs['naive']['head']}) trains naive batches "
             f"{1 / runs['naive-trl-head']['speedup_vs_naive']:.2f}x as fast as TRL's off-Triton head (every position)"
         )
     print(
