@@ -162,3 +162,15 @@ def test_a_training_run_prints_no_warnings_of_stacks_it_does_not_use(parts, tmp_
     for noise in ("gemm_4bit_forward", "Setting accelerator to CPU", "Traceback"):
         assert noise not in result.stderr and noise not in result.stdout
     assert f"Saved the model, processor and model card to {tmp_path / 'out'}" in result.stdout
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("module", ["tinyllava_hf", "tinyllava_hf.cli"])
+def test_python_dash_m_runs_the_cli(module):
+    """`python -m tinyllava_hf.cli` runs the CLI too (it used to import the module and exit 0 doing nothing)."""
+    from tinyllava_hf import __version__
+
+    result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"tinyllava-hf {__version__}", result.stderr
+    result = subprocess.run([sys.executable, "-m", module, "trian"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "did you mean train?" in result.stderr

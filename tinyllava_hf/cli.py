@@ -288,3 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in _OWN_FLAG_SPELLING:  # train does this itself, after answering its own --help
         quiet_optional_stacks()
     return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # `python -m tinyllava_hf.cli ...`, as `python -m tinyllava_hf ...` and `tinyllava-hf ...`
+    sys.exit(main())
